@@ -1,0 +1,117 @@
+//! # Switchboard
+//!
+//! React to messages that travel between worker processes over Redis pub/sub with plain
+//! functions placed next to the feature that emits them: no central list of handlers, and the
+//! compiler catching the mistakes.
+//!
+//! ```
+//! use serde::Deserialize;
+//! use switchboard::prelude::*;
+//!
+//! /// Tell every connected client when a background job finishes.
+//! #[websocket_subscriber(channel = event::QUEUE_JOB_COMPLETED, priority = 10)]
+//! async fn job_notifications(Message(job): Message, ws: WebSocket) -> HandlerResult {
+//!     ws.broadcast_to_all_clients(Outgoing::new("jobs", "completed", job));
+//!     Ok(())
+//! }
+//!
+//! #[derive(Deserialize)]
+//! struct PageView { path: String }
+//!
+//! /// Count page views; runs for every `analytics:*` channel.
+//! #[websocket_subscriber(match = regex("^analytics:"))]
+//! fn analytics_sink(Message(view): Message<PageView>, channel: Channel) {
+//!     tracing::info!(%channel, path = %view.path, "page view");
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), switchboard::Error> {
+//! let app = Switchboard::builder()   // the in-process broker by default
+//!     .subscriber(Subscriber::channels(["*"]).name("debugTap").priority(-100).handle(
+//!         |cx: Context| async move { tracing::debug!(channel = cx.channel(), "tap") },
+//!     ))
+//!     .build()?;                       // collect, validate, sort; logs the handler table
+//! # let names: Vec<String> = app.handlers().iter().map(|h| h.name().to_owned()).collect();
+//! # assert!(names.contains(&"job_notifications".to_owned()));
+//! let running = app.start().await?;  // subscribe and dispatch
+//! running.publisher().publish_including_sender("analytics:pageview", &serde_json::json!({"path": "/"})).await?;
+//! running.wait_idle().await;
+//! running.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## The model
+//!
+//! - **Registration.** `#[websocket_subscriber]` keeps your function as written and adds one
+//!   `const` descriptor (name, description, matchers, priority, location, a function pointer),
+//!   collected at link time through `inventory` (default) or a `linkme` distributed slice (the
+//!   `linkme` feature). Building it runs no code before `main`.
+//! - **Registry.** [`Builder::build`] collects every linked handler and the inline
+//!   [`Subscriber`]s, refuses duplicate names and missing [`State`] types with a typed error,
+//!   sorts by priority (higher first; ties by name, then module path — never by link order) and
+//!   logs one table of every handler.
+//! - **Routing.** Exact channels, `"*"`, `regex("...")`, globs `pattern("...")` and predicates;
+//!   a handler runs when any of its matchers matches, at most once per message. The channel-based
+//!   part is computed once per distinct channel and cached.
+//! - **Dispatch.** A message's handlers run one after another, highest priority first. An error,
+//!   a panic or a timeout is logged with the handler's name and the next handler still runs.
+//!   Messages of one channel are handled in arrival order; channels run concurrently.
+//! - **Envelope.** Each worker has an instance id; a message it published itself is skipped unless
+//!   it says `includeSender: true`; `workerId` and `includeSender` never reach handlers.
+//! - **Delivery** is at-most-once, like Redis pub/sub: what is published while a worker is away,
+//!   or dropped because its queue is full, is lost to it (and counted in [`Stats`]).
+//!
+//! See [`testing`] to test handlers with plain `cargo test`.
+#![deny(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
+
+#[doc(inline)]
+pub use subscriber_runtime::*;
+
+/// Marks a function as a subscriber handler, registered at link time.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// /// Relays system status updates.
+/// #[websocket_subscriber(channel = "custom", priority = 5)]
+/// async fn status_relay(Message(m): Message, ws: WebSocket) -> HandlerResult {
+///     ws.broadcast_to_all_clients(Outgoing::new("system", "statusUpdate", m));
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// # Keys
+///
+/// | key | value | default |
+/// |---|---|---|
+/// | `channel` | a string literal or a path to a `&str` constant; `"*"` is every channel | |
+/// | `channels` | an array of those | |
+/// | `match` | a matcher or an array of matchers: `"exact"`, `regex("...")`, `pattern("glob*")`, a path to `fn(&MatchContext) -> bool` | |
+/// | `priority` | an `i32`; higher runs first | `0` |
+/// | `name` | a string | the function's name |
+/// | `description` | a string | the doc comment |
+/// | `crate` | a string path to this crate when renamed | `"::switchboard"` |
+///
+/// At least one of `channel`, `channels` and `match` is required. Every argument must be an
+/// extractor ([`FromContext`]); the function may be `async` or not and returns `()` or
+/// `Result<(), E>` with `E: Into<BoxError>`.
+pub use subscriber_macros::websocket_subscriber;
+
+/// The items most handlers need: `use switchboard::prelude::*;`.
+pub mod prelude {
+    pub use crate::event;
+    pub use crate::websocket_subscriber;
+    pub use crate::{
+        Channel, Context, Envelope, HandlerResult, MatchContext, Matcher, Message, Outgoing,
+        Publisher, Raw, State, Subscriber, Switchboard, WebSocket,
+    };
+}
+
+/// Not public API: used by the code `#[websocket_subscriber]` generates.
+#[doc(hidden)]
+pub mod __private {
+    pub use subscriber_runtime::__private::*;
+}

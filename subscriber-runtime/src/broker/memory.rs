@@ -1,0 +1,89 @@
+//! The in-process broker: Redis pub/sub semantics in memory, for one process or for several
+//! workers in one test.
+
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, Inbox, Subscriptions};
+use crate::error::BrokerError;
+
+/// An in-process broker. Clones share one bus, so several applications built on clones of the same
+/// `MemoryBroker` behave like workers sharing one Redis.
+///
+/// Delivery follows Redis pub/sub: a message reaches every subscriber whose channels or patterns
+/// match it, once; nothing is stored for subscribers that join later; a subscriber whose dispatch
+/// queue is full loses the message (counted).
+///
+/// ```
+/// use switchboard::{MemoryBroker, Switchboard};
+///
+/// let bus = MemoryBroker::new();
+/// let worker_a = Switchboard::builder().broker(bus.clone());
+/// let worker_b = Switchboard::builder().broker(bus);
+/// # let _ = (worker_a, worker_b);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBroker {
+    bus: Arc<RwLock<Vec<Subscriber>>>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    subscriptions: Subscriptions,
+    inbox: Inbox,
+    shutdown: CancellationToken,
+}
+
+impl MemoryBroker {
+    /// A new, empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Publishes synchronously; returns how many subscribers received the message (like Redis'
+    /// `PUBLISH` reply).
+    pub fn publish_now(&self, channel: &str, payload: Bytes) -> usize {
+        let mut bus = self
+            .bus
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        bus.retain(|s| !s.shutdown.is_cancelled());
+        let mut receivers = 0;
+        for s in bus.iter().filter(|s| s.subscriptions.matches(channel)) {
+            receivers += 1;
+            s.inbox.deliver(channel, payload.clone());
+        }
+        receivers
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn publish(&self, channel: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.publish_now(channel, payload);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn subscribe(
+        &self,
+        subscriptions: Subscriptions,
+        inbox: Inbox,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.bus
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Subscriber {
+                subscriptions,
+                inbox,
+                shutdown,
+            });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,203 @@
+//! Brokers carry messages between workers: the in-process [`MemoryBroker`] (the default) and the
+//! Redis broker.
+//!
+//! Redis pub/sub, and so every broker here, is **at-most-once**: a message published while a
+//! worker is disconnected, or dropped because its dispatch queue is full, is lost to that worker.
+//! Both cases are counted (see [`Stats`](crate::Stats)).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BrokerError;
+use crate::stats::{Counters, InFlight, RateLimit};
+
+mod memory;
+
+pub use memory::MemoryBroker;
+
+/// A transport between workers: publish to a channel, and deliver what the worker subscribed to
+/// into its [`Inbox`].
+///
+/// Implementations must never wait on the inbox: [`Inbox::deliver`] never blocks, and drops (and
+/// counts) a message when the dispatch queue is full, so the transport's socket is always drained.
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Publishes a payload on a channel (the channel as handlers see it; a broker with a namespace
+    /// adds its prefix).
+    fn publish(&self, channel: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Starts delivering every message on the subscribed channels and patterns into `inbox`, until
+    /// `shutdown` is cancelled. Resolves once the subscription is active.
+    fn subscribe(
+        &self,
+        subscriptions: Subscriptions,
+        inbox: Inbox,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// A short name for logs (`"memory"`, `"redis"`).
+    fn kind(&self) -> &'static str;
+}
+
+/// The exact channels and glob patterns a worker needs, with what is already covered removed: an
+/// exact channel matched by a subscribed pattern, and a pattern covered by a broader one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    channels: BTreeSet<String>,
+    patterns: BTreeSet<String>,
+}
+
+impl Subscriptions {
+    /// Builds the minimal set from exact channels and glob patterns.
+    pub fn new(
+        channels: impl IntoIterator<Item = String>,
+        patterns: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let patterns: BTreeSet<String> = patterns.into_iter().collect();
+        let patterns: BTreeSet<String> = patterns
+            .iter()
+            .filter(|p| {
+                !patterns
+                    .iter()
+                    .any(|broad| subscriber_patterns::glob::covers(broad, p))
+            })
+            .cloned()
+            .collect();
+        let channels = channels
+            .into_iter()
+            .filter(|c| {
+                !patterns
+                    .iter()
+                    .any(|p| subscriber_patterns::glob::matches(p, c))
+            })
+            .collect();
+        Self { channels, patterns }
+    }
+
+    /// The exact channels to `SUBSCRIBE` to.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.channels.iter().map(String::as_str)
+    }
+
+    /// The glob patterns to `PSUBSCRIBE` to.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.patterns.iter().map(String::as_str)
+    }
+
+    /// Whether nothing is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.patterns.is_empty()
+    }
+
+    /// Whether a message on `channel` is delivered by these subscriptions.
+    pub fn matches(&self, channel: &str) -> bool {
+        self.channels.contains(channel)
+            || self
+                .patterns
+                .iter()
+                .any(|p| subscriber_patterns::glob::matches(p, channel))
+    }
+
+    /// For a message Redis delivered through `pattern`: whether this is the one delivery to keep.
+    /// Redis sends a message once per matching pattern; keeping only the first matching pattern
+    /// (in sorted order) hands each message to the dispatcher exactly once.
+    pub fn is_canonical_pattern(&self, pattern: &str, channel: &str) -> bool {
+        self.patterns
+            .iter()
+            .find(|p| subscriber_patterns::glob::matches(p, channel))
+            .is_some_and(|p| p == pattern)
+    }
+}
+
+impl fmt::Display for Subscriptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "channels {:?}, patterns {:?}", self.channels, self.patterns)
+    }
+}
+
+/// One message taken from the broker.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub(crate) channel: Arc<str>,
+    pub(crate) payload: Bytes,
+}
+
+/// Where a broker puts what it receives: the worker's bounded dispatch queue.
+#[derive(Clone)]
+pub struct Inbox {
+    tx: mpsc::Sender<Incoming>,
+    counters: Arc<Counters>,
+    in_flight: Arc<InFlight>,
+    warn: Arc<RateLimit>,
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox")
+            .field("capacity", &self.tx.max_capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    pub(crate) fn new(
+        capacity: usize,
+        counters: Arc<Counters>,
+        in_flight: Arc<InFlight>,
+    ) -> (Self, mpsc::Receiver<Incoming>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Self {
+                tx,
+                counters,
+                in_flight,
+                warn: Arc::new(RateLimit::new(Duration::from_secs(5))),
+            },
+            rx,
+        )
+    }
+
+    /// Hands a message to the dispatcher without waiting. Returns false when it was dropped
+    /// because the queue is full (counted, with a rate-limited warning) or the worker stopped.
+    pub fn deliver(&self, channel: &str, payload: Bytes) -> bool {
+        self.in_flight.start();
+        let item = Incoming {
+            channel: Arc::from(channel),
+            payload,
+        };
+        match self.tx.try_send(item) {
+            Ok(()) => {
+                Counters::inc(&self.counters.received);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                self.in_flight.finish();
+                Counters::inc(&self.counters.dropped_queue_full);
+                if let Some(suppressed) = self.warn.allow() {
+                    tracing::warn!(
+                        channel = %item.channel,
+                        capacity = self.tx.max_capacity(),
+                        suppressed,
+                        "dispatch queue full: message dropped (handlers are slower than the incoming rate)"
+                    );
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.in_flight.finish();
+                false
+            }
+        }
+    }
+
+    /// Counts a reconnect of the broker's connection.
+    pub fn count_reconnect(&self) {
+        Counters::inc(&self.counters.reconnects);
+    }
+}

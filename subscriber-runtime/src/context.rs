@@ -1,0 +1,169 @@
+//! [`Context`]: everything a handler can see about one message and the application.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::extract::Envelope;
+use crate::publish::Publisher;
+use crate::server::WebSocket;
+
+/// The application's shared state, keyed by type.
+#[derive(Default)]
+pub(crate) struct StateMap {
+    map: HashMap<TypeId, (Box<dyn Any + Send + Sync>, &'static str)>,
+}
+
+impl StateMap {
+    pub(crate) fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
+        self.map.insert(
+            TypeId::of::<T>(),
+            (Box::new(value), std::any::type_name::<T>()),
+        );
+    }
+
+    pub(crate) fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.map
+            .get(&TypeId::of::<T>())
+            .and_then(|(v, _)| v.downcast_ref::<T>())
+            .cloned()
+    }
+
+    pub(crate) fn contains(&self, id: TypeId) -> bool {
+        self.map.contains_key(&id)
+    }
+
+    pub(crate) fn type_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.map.values().map(|(_, n)| *n).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+impl fmt::Debug for StateMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.type_names()).finish()
+    }
+}
+
+/// What every handler of an application shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) states: StateMap,
+    pub(crate) publisher: Publisher,
+    pub(crate) websocket: WebSocket,
+}
+
+/// One received message after envelope handling.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) channel: Arc<str>,
+    /// The parsed payload with the envelope fields removed.
+    pub(crate) message: Value,
+    /// The payload as received.
+    pub(crate) raw: Bytes,
+    /// Whether envelope fields were removed (then `raw` still holds them).
+    pub(crate) stripped: bool,
+    pub(crate) raw_stripped: OnceLock<Bytes>,
+    pub(crate) worker_id: Option<Arc<str>>,
+    pub(crate) include_sender: bool,
+    pub(crate) received_at: SystemTime,
+}
+
+/// Everything a handler can see: the message (channel, payload, envelope) and the application
+/// (state, publisher, WebSocket server). Cheap to clone.
+///
+/// Usually you take only the pieces you need as arguments ([`Channel`](crate::extract::Channel),
+/// [`Message`](crate::extract::Message), ...); take `Context` when you need several of them or want
+/// to decide at run time.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// #[websocket_subscriber(channel = "audit")]
+/// async fn audit(cx: Context) -> HandlerResult {
+///     tracing::info!(channel = cx.channel(), message = %cx.message(), "audit");
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) delivery: Arc<Delivery>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("channel", &self.delivery.channel)
+            .field("message", &self.delivery.message)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// The channel the message arrived on (without any namespace prefix).
+    pub fn channel(&self) -> &str {
+        &self.delivery.channel
+    }
+
+    /// The parsed payload, with the envelope fields (`workerId`, `includeSender`) removed.
+    pub fn message(&self) -> &Value {
+        &self.delivery.message
+    }
+
+    /// Deserializes the payload into `T`.
+    ///
+    /// # Errors
+    /// The serde error when the payload does not have the shape of `T`.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.delivery.message)
+    }
+
+    /// The payload bytes (without the envelope fields).
+    pub fn raw(&self) -> Bytes {
+        if !self.delivery.stripped {
+            return self.delivery.raw.clone();
+        }
+        self.delivery
+            .raw_stripped
+            .get_or_init(|| {
+                Bytes::from(
+                    serde_json::to_vec(&self.delivery.message)
+                        .expect("serializing a serde_json::Value cannot fail"),
+                )
+            })
+            .clone()
+    }
+
+    /// Where the message came from and when it arrived.
+    pub fn envelope(&self) -> Envelope {
+        Envelope {
+            worker_id: self.delivery.worker_id.clone(),
+            include_sender: self.delivery.include_sender,
+            received_at: self.delivery.received_at,
+        }
+    }
+
+    /// The state of type `T` the application provided, if any.
+    pub fn state<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.shared.states.get::<T>()
+    }
+
+    /// Publishes through the application's broker.
+    pub fn publisher(&self) -> Publisher {
+        self.shared.publisher.clone()
+    }
+
+    /// The WebSocket server handle.
+    pub fn websocket(&self) -> WebSocket {
+        self.shared.websocket.clone()
+    }
+}

@@ -1,0 +1,395 @@
+//! Dispatch: runs the matching handlers of each message, one after another in priority order.
+//!
+//! Messages on one channel are handled in arrival order (one "lane" per active channel); different
+//! channels are handled concurrently, at most `max_concurrent_channels` at a time. The number of
+//! messages read from the queue but not yet handled is bounded too, so a slow handler makes the
+//! queue fill up (and drops get counted) instead of memory growing.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::broker::Incoming;
+use crate::context::{Context, Delivery, Shared};
+use crate::envelope::{self, PayloadLimits};
+use crate::handler::HandlerFailure;
+use crate::matcher::{Compiled, MatchContext};
+use crate::registry::Entry;
+use crate::routing::{Candidate, Router};
+use crate::stats::{Counters, InFlight};
+
+/// How one handler's run for one message ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// It completed.
+    Completed,
+    /// It returned an error (the error's text).
+    Failed(String),
+    /// An argument was rejected, so it did not run (the reason).
+    Rejected(String),
+    /// It panicked (the panic message).
+    Panicked(String),
+    /// It did not finish within its timeout.
+    TimedOut(Duration),
+}
+
+impl Outcome {
+    /// True for [`Outcome::Completed`].
+    pub fn is_completed(&self) -> bool {
+        matches!(self, Self::Completed)
+    }
+}
+
+/// What the dispatcher reports to an observer (the test harness).
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    Ran {
+        handler: String,
+        channel: Arc<str>,
+        outcome: Outcome,
+    },
+    Invalid {
+        reason: String,
+    },
+    SkippedOwn,
+}
+
+pub(crate) type Observer = Arc<dyn Fn(Event) + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub(crate) struct DispatchConfig {
+    pub(crate) limits: PayloadLimits,
+    pub(crate) handler_timeout: Duration,
+    pub(crate) max_concurrent_channels: usize,
+    pub(crate) max_pending: usize,
+    pub(crate) worker_id: Arc<str>,
+}
+
+struct Job {
+    delivery: Arc<Delivery>,
+    candidates: Arc<[Candidate]>,
+    _pending: OwnedSemaphorePermit,
+}
+
+pub(crate) struct Dispatcher {
+    pub(crate) entries: Vec<Entry>,
+    router: Router,
+    shared: Arc<Shared>,
+    config: DispatchConfig,
+    counters: Arc<Counters>,
+    in_flight: Arc<InFlight>,
+    observer: Option<Observer>,
+    lanes: Mutex<HashMap<Arc<str>, VecDeque<Job>>>,
+    channel_permits: Arc<Semaphore>,
+    pending_permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        entries: Vec<Entry>,
+        shared: Arc<Shared>,
+        config: DispatchConfig,
+        counters: Arc<Counters>,
+        in_flight: Arc<InFlight>,
+        observer: Option<Observer>,
+    ) -> Self {
+        let router = Router::new(&entries);
+        Self {
+            entries,
+            router,
+            shared,
+            channel_permits: Arc::new(Semaphore::new(config.max_concurrent_channels.max(1))),
+            pending_permits: Arc::new(Semaphore::new(config.max_pending.max(1))),
+            config,
+            counters,
+            in_flight,
+            observer,
+            lanes: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Reads the queue until `shutdown`, then waits up to `grace` for running handlers.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Incoming>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) {
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                item = rx.recv() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+            };
+            self.accept(item).await;
+        }
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                worker_id = %self.config.worker_id,
+                grace = ?grace,
+                "shutdown: handlers still running after the grace period were abandoned"
+            );
+        }
+    }
+
+    fn observe(&self, event: impl FnOnce() -> Event) {
+        if let Some(observer) = &self.observer {
+            observer(event());
+        }
+    }
+
+    async fn accept(self: &Arc<Self>, item: Incoming) {
+        let Incoming { channel, payload } = item;
+        let parsed = match envelope::parse(&payload, &self.config.limits) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                Counters::inc(&self.counters.invalid_payloads);
+                tracing::warn!(
+                    channel = %channel,
+                    worker_id = %self.config.worker_id,
+                    size = payload.len(),
+                    reason = error.reason(),
+                    preview = %envelope::preview(&payload),
+                    %error,
+                    "invalid payload dropped"
+                );
+                self.observe(|| Event::Invalid {
+                    reason: error.to_string(),
+                });
+                self.in_flight.finish();
+                return;
+            }
+        };
+        if parsed.is_own(&self.config.worker_id) {
+            Counters::inc(&self.counters.skipped_own);
+            self.observe(|| Event::SkippedOwn);
+            self.in_flight.finish();
+            return;
+        }
+        let candidates = self.router.candidates(&channel);
+        if candidates.is_empty() {
+            Counters::inc(&self.counters.unrouted);
+            tracing::trace!(channel = %channel, "no handler matches");
+            self.in_flight.finish();
+            return;
+        }
+        let pending = self
+            .pending_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let job = Job {
+            delivery: Arc::new(Delivery {
+                channel: channel.clone(),
+                message: parsed.message,
+                raw: payload,
+                stripped: parsed.stripped,
+                raw_stripped: OnceLock::new(),
+                worker_id: parsed.worker_id,
+                include_sender: parsed.include_sender,
+                received_at: SystemTime::now(),
+            }),
+            candidates,
+            _pending: pending,
+        };
+        {
+            let mut lanes = self
+                .lanes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(queue) = lanes.get_mut(&channel) {
+                queue.push_back(job);
+                return;
+            }
+            lanes.insert(channel.clone(), VecDeque::new());
+        }
+        let permit = self
+            .channel_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            this.run_lane(channel, job).await;
+            drop(permit);
+        });
+    }
+
+    async fn run_lane(&self, channel: Arc<str>, first: Job) {
+        let mut job = first;
+        loop {
+            self.process(job).await;
+            let next = {
+                let mut lanes = self
+                    .lanes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match lanes.get_mut(&channel).and_then(VecDeque::pop_front) {
+                    Some(next) => next,
+                    None => {
+                        lanes.remove(&channel);
+                        return;
+                    }
+                }
+            };
+            job = next;
+        }
+    }
+
+    async fn process(&self, job: Job) {
+        let delivery = job.delivery.clone();
+        let span = tracing::debug_span!(
+            "message",
+            channel = %delivery.channel,
+            worker_id = %self.config.worker_id,
+        );
+        async {
+            for candidate in job.candidates.iter() {
+                let entry = &self.entries[candidate.handler as usize];
+                if candidate.conditional && !self.predicates_match(entry, &delivery) {
+                    continue;
+                }
+                let cx = Context {
+                    delivery: delivery.clone(),
+                    shared: self.shared.clone(),
+                };
+                let outcome = self.run_handler(entry, cx).await;
+                self.observe(|| Event::Ran {
+                    handler: entry.info.name.to_string(),
+                    channel: delivery.channel.clone(),
+                    outcome: outcome.clone(),
+                });
+            }
+        }
+        .instrument(span)
+        .await;
+        drop(job);
+        self.in_flight.finish();
+    }
+
+    fn predicates_match(&self, entry: &Entry, delivery: &Delivery) -> bool {
+        let mcx = MatchContext {
+            channel: &delivery.channel,
+            message: &delivery.message,
+        };
+        entry.matchers.iter().any(|m| {
+            let Compiled::Predicate(predicate) = m else {
+                return false;
+            };
+            match std::panic::catch_unwind(AssertUnwindSafe(|| predicate(&mcx))) {
+                Ok(matched) => matched,
+                Err(panic) => {
+                    Counters::inc(&self.counters.predicate_panics);
+                    tracing::error!(
+                        handler = %entry.info.name,
+                        channel = %delivery.channel,
+                        worker_id = %self.config.worker_id,
+                        panic = %panic_message(panic.as_ref()),
+                        "subscriber predicate panicked; counted as no match"
+                    );
+                    false
+                }
+            }
+        })
+    }
+
+    async fn run_handler(&self, entry: &Entry, cx: Context) -> Outcome {
+        Counters::inc(&self.counters.handler_runs);
+        let started = Instant::now();
+        let timeout = entry.timeout.unwrap_or(self.config.handler_timeout);
+        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| entry.call.call(cx))) {
+            Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
+            Ok(future) => {
+                match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
+                    Err(_) => Outcome::TimedOut(timeout),
+                    Ok(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
+                    Ok(Ok(Err(HandlerFailure::Rejected(e)))) => Outcome::Rejected(error_chain(&*e)),
+                    Ok(Ok(Err(HandlerFailure::Failed(e)))) => Outcome::Failed(error_chain(&*e)),
+                    Ok(Ok(Ok(()))) => Outcome::Completed,
+                }
+            }
+        };
+        let info = &entry.info;
+        match &outcome {
+            Outcome::Completed => tracing::debug!(
+                handler = %info.name,
+                elapsed = ?started.elapsed(),
+                "subscriber handler completed"
+            ),
+            Outcome::Failed(error) => {
+                Counters::inc(&self.counters.handler_errors);
+                tracing::error!(
+                    handler = %info.name,
+                    description = %info.description,
+                    %error,
+                    "subscriber handler failed; the next handler still runs"
+                );
+            }
+            Outcome::Rejected(reason) => {
+                Counters::inc(&self.counters.handler_rejections);
+                tracing::warn!(
+                    handler = %info.name,
+                    description = %info.description,
+                    %reason,
+                    "subscriber handler skipped: an argument was rejected"
+                );
+            }
+            Outcome::Panicked(panic) => {
+                Counters::inc(&self.counters.handler_panics);
+                tracing::error!(
+                    handler = %info.name,
+                    description = %info.description,
+                    %panic,
+                    "subscriber handler panicked; the next handler still runs"
+                );
+            }
+            Outcome::TimedOut(after) => {
+                Counters::inc(&self.counters.handler_timeouts);
+                tracing::error!(
+                    handler = %info.name,
+                    description = %info.description,
+                    timeout = ?after,
+                    "subscriber handler timed out and was cancelled; the next handler still runs"
+                );
+            }
+        }
+        outcome
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

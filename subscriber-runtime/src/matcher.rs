@@ -1,0 +1,152 @@
+//! Matchers: which messages a handler receives.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::error::BuildError;
+
+/// What a predicate matcher sees: the channel and the parsed payload (envelope fields removed).
+#[derive(Debug, Clone, Copy)]
+pub struct MatchContext<'a> {
+    pub(crate) channel: &'a str,
+    pub(crate) message: &'a Value,
+}
+
+impl<'a> MatchContext<'a> {
+    /// Builds a context, e.g. to unit-test a predicate.
+    pub fn new(channel: &'a str, message: &'a Value) -> Self {
+        Self { channel, message }
+    }
+
+    /// The channel the message arrived on.
+    pub fn channel(&self) -> &'a str {
+        self.channel
+    }
+
+    /// The parsed payload.
+    pub fn message(&self) -> &'a Value {
+        self.message
+    }
+}
+
+pub(crate) type PredicateFn = Arc<dyn Fn(&MatchContext<'_>) -> bool + Send + Sync>;
+
+/// One way for an inline subscriber to select messages. A subscriber runs for a message when any
+/// of its matchers matches.
+///
+/// Strings, regexes and globs are checked by `build()`, which reports a bad one as an error naming
+/// the subscriber.
+#[derive(Clone)]
+pub struct Matcher(pub(crate) MatcherKind);
+
+#[derive(Clone)]
+pub(crate) enum MatcherKind {
+    Channel(Arc<str>),
+    Regex(Arc<str>),
+    Pattern(Arc<str>),
+    Predicate(PredicateFn),
+}
+
+impl Matcher {
+    /// An exact channel name; `"*"` matches every channel.
+    pub fn channel(name: impl Into<String>) -> Self {
+        Self(MatcherKind::Channel(name.into().into()))
+    }
+
+    /// A regex tested against the channel name, e.g. `"^analytics:"`.
+    pub fn regex(regex: impl Into<String>) -> Self {
+        Self(MatcherKind::Regex(regex.into().into()))
+    }
+
+    /// A Redis glob tested against the channel name, e.g. `"analytics:*"`.
+    pub fn pattern(glob: impl Into<String>) -> Self {
+        Self(MatcherKind::Pattern(glob.into().into()))
+    }
+
+    /// A predicate over the channel and the parsed payload. A predicate that panics counts as
+    /// no match (and is logged).
+    pub fn predicate(f: impl Fn(&MatchContext<'_>) -> bool + Send + Sync + 'static) -> Self {
+        Self(MatcherKind::Predicate(Arc::new(f)))
+    }
+}
+
+impl From<&str> for Matcher {
+    fn from(channel: &str) -> Self {
+        Self::channel(channel)
+    }
+}
+
+impl From<String> for Matcher {
+    fn from(channel: String) -> Self {
+        Self::channel(channel)
+    }
+}
+
+impl fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for MatcherKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Channel(c) => write!(f, "{c:?}"),
+            Self::Regex(r) => write!(f, "regex({r:?})"),
+            Self::Pattern(p) => write!(f, "pattern({p:?})"),
+            Self::Predicate(_) => f.write_str("predicate"),
+        }
+    }
+}
+
+/// A matcher validated and ready to use.
+#[derive(Clone)]
+pub(crate) enum Compiled {
+    Any,
+    Channel(Arc<str>),
+    Regex(Arc<str>),
+    Pattern(Arc<str>),
+    Predicate(PredicateFn),
+}
+
+impl Compiled {
+    pub(crate) fn compile(kind: &MatcherKind, handler: &str) -> Result<Self, BuildError> {
+        let invalid = |matcher: &MatcherKind, reason: String| BuildError::InvalidMatcher {
+            handler: handler.to_owned(),
+            matcher: matcher.to_string(),
+            reason,
+        };
+        Ok(match kind {
+            MatcherKind::Channel(c) if &**c == subscriber_patterns::ANY_CHANNEL => Self::Any,
+            MatcherKind::Channel(c) => {
+                subscriber_patterns::validate_channel(c)
+                    .map_err(|e| invalid(kind, e.to_string()))?;
+                Self::Channel(c.clone())
+            }
+            MatcherKind::Regex(r) => {
+                subscriber_patterns::validate_regex(r).map_err(|e| invalid(kind, e.to_string()))?;
+                regex::Regex::new(r).map_err(|e| invalid(kind, e.to_string()))?;
+                Self::Regex(r.clone())
+            }
+            MatcherKind::Pattern(p) => {
+                subscriber_patterns::glob::validate(p).map_err(|e| invalid(kind, e.to_string()))?;
+                Self::Pattern(p.clone())
+            }
+            MatcherKind::Predicate(f) => Self::Predicate(f.clone()),
+        })
+    }
+}
+
+impl fmt::Display for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("\"*\""),
+            Self::Channel(c) => write!(f, "{c:?}"),
+            Self::Regex(r) => write!(f, "regex({r:?})"),
+            Self::Pattern(p) => write!(f, "pattern({p:?})"),
+            Self::Predicate(_) => f.write_str("predicate"),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Routing: which handlers a channel's messages go to.
+//!
+//! The channel-based part (exact names, `"*"`, regexes, globs) is computed once per distinct
+//! channel and cached; predicates are evaluated per message, only for the handlers that have them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::matcher::Compiled;
+use crate::registry::Entry;
+
+/// A handler that may run for a channel's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    /// Index into the sorted entries (so candidates are in priority order).
+    pub(crate) handler: u32,
+    /// True when no channel-based matcher matched: the handler runs only if a predicate does.
+    pub(crate) conditional: bool,
+}
+
+/// The most distinct channels whose candidate lists are cached; past it the cache starts over, so
+/// a flood of one-off channel names cannot grow memory without bound.
+const CACHE_LIMIT: usize = 16_384;
+
+pub(crate) struct Router {
+    exact: HashMap<Arc<str>, Vec<u32>>,
+    wildcard: Vec<u32>,
+    regex_set: regex::RegexSet,
+    regex_owner: Vec<u32>,
+    globs: Vec<(Arc<str>, u32)>,
+    predicated: Vec<u32>,
+    cache: RwLock<HashMap<Arc<str>, Arc<[Candidate]>>>,
+}
+
+impl Router {
+    pub(crate) fn new(entries: &[Entry]) -> Self {
+        let mut exact: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
+        let mut wildcard = Vec::new();
+        let mut regexes = Vec::new();
+        let mut regex_owner = Vec::new();
+        let mut globs = Vec::new();
+        let mut predicated = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let i = u32::try_from(i).expect("fewer than 2^32 handlers");
+            for m in &e.matchers {
+                match m {
+                    Compiled::Any => wildcard.push(i),
+                    Compiled::Channel(c) => exact.entry(c.clone()).or_default().push(i),
+                    Compiled::Regex(src) => {
+                        regexes.push(src.to_string());
+                        regex_owner.push(i);
+                    }
+                    Compiled::Pattern(p) => globs.push((p.clone(), i)),
+                    Compiled::Predicate(_) => {}
+                }
+            }
+            if e.has_predicate() {
+                predicated.push(i);
+            }
+        }
+        let regex_set = regex::RegexSet::new(&regexes).expect("regexes were validated at build()");
+        Self {
+            exact,
+            wildcard,
+            regex_set,
+            regex_owner,
+            globs,
+            predicated,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The candidates for a channel, in priority order, each handler at most once.
+    pub(crate) fn candidates(&self, channel: &str) -> Arc<[Candidate]> {
+        if let Some(hit) = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(channel)
+        {
+            return hit.clone();
+        }
+        let computed: Arc<[Candidate]> = self.compute(channel).into();
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(channel.into(), computed.clone());
+        computed
+    }
+
+    fn compute(&self, channel: &str) -> Vec<Candidate> {
+        let mut matched: Vec<u32> = Vec::new();
+        if let Some(list) = self.exact.get(channel) {
+            matched.extend(list);
+        }
+        matched.extend(&self.wildcard);
+        if !self.regex_owner.is_empty() {
+            matched.extend(
+                self.regex_set
+                    .matches(channel)
+                    .into_iter()
+                    .map(|i| self.regex_owner[i]),
+            );
+        }
+        matched.extend(
+            self.globs
+                .iter()
+                .filter(|(p, _)| subscriber_patterns::glob::matches(p, channel))
+                .map(|(_, i)| *i),
+        );
+        matched.sort_unstable();
+        matched.dedup();
+        let mut out: Vec<Candidate> = matched
+            .iter()
+            .map(|&handler| Candidate {
+                handler,
+                conditional: false,
+            })
+            .collect();
+        for &p in &self.predicated {
+            if matched.binary_search(&p).is_err() {
+                out.push(Candidate {
+                    handler: p,
+                    conditional: true,
+                });
+            }
+        }
+        out.sort_unstable_by_key(|c| c.handler);
+        out
+    }
+}

@@ -1,0 +1,1 @@
+//! Subscriber handlers defined in a separate crate, to prove they are discovered at link time.

@@ -1,0 +1,116 @@
+//! The Switchboard hello world: subscribers firing in priority order on the in-process broker.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo run --example hello_world
+//! ```
+//!
+//! No Redis needed. Set `RUST_LOG=debug` to see every handler run.
+
+use serde::Deserialize;
+use serde_json::json;
+use switchboard::prelude::*;
+
+/// A system status update, as the reference framework's hello-world sends it on `custom`.
+#[derive(Debug, Deserialize)]
+struct StatusUpdate {
+    #[serde(rename = "type")]
+    kind: String,
+    action: String,
+    data: serde_json::Value,
+}
+
+/// Relays system status updates to every connected client (runs before the logger).
+#[websocket_subscriber(channel = event::CUSTOM, priority = 10)]
+async fn system_status_relay(Message(update): Message<StatusUpdate>, ws: WebSocket) {
+    if update.kind == "system" && update.action == "statusUpdate" {
+        let sent = ws.broadcast_to_all_clients(Outgoing::new("system", "statusUpdate", &update.data));
+        println!("  [priority  10] system_status_relay: relayed {} to {sent} client(s)", update.data);
+    }
+}
+
+/// Logs every custom event (runs after the relay).
+#[websocket_subscriber(channel = event::CUSTOM, priority = -10)]
+fn log_custom_events(Message(message): Message) {
+    println!("  [priority -10] log_custom_events: {message}");
+}
+
+/// Counts analytics events on any `analytics:*` channel.
+#[websocket_subscriber(match = regex("^analytics:"))]
+fn analytics_sink(channel: Channel, Message(event): Message) {
+    println!("  [priority   0] analytics_sink: {channel} {event}");
+}
+
+/// Shows that one failing handler does not stop the others.
+#[websocket_subscriber(channel = event::CUSTOM, priority = 0)]
+async fn flaky_handler(Message(message): Message) -> HandlerResult {
+    if message["fail"] == true {
+        return Err("asked to fail".into());
+    }
+    println!("  [priority   0] flaky_handler: fine");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    let app = Switchboard::builder()
+        .subscriber(
+            Subscriber::channels(["*"])
+                .name("debugTap")
+                .description("logs raw traffic while debugging")
+                .priority(-100)
+                .handle(|cx: Context| async move {
+                    println!("  [priority -100] debugTap: {} {}", cx.channel(), cx.message());
+                }),
+        )
+        .build()?;
+
+    println!("Handlers, in the order they run:");
+    for handler in app.handlers() {
+        println!("  {handler}");
+    }
+
+    let running = app.start().await?;
+    let publisher = running.publisher();
+
+    println!("\n1. A status update on `custom` (relay first, then the logger, then the tap):");
+    publisher
+        .publish_including_sender(
+            event::CUSTOM,
+            &json!({"type": "system", "action": "statusUpdate", "data": {"status": "Green"}}),
+        )
+        .await?;
+    running.wait_idle().await;
+
+    println!("\n2. An analytics event on `analytics:pageview` (regex subscriber):");
+    publisher
+        .publish_including_sender("analytics:pageview", &json!({"path": "/"}))
+        .await?;
+    running.wait_idle().await;
+
+    println!("\n3. A custom message that makes one handler fail (the others still run):");
+    publisher
+        .publish_including_sender(event::CUSTOM, &json!({"type": "demo", "action": "x", "data": {}, "fail": true}))
+        .await?;
+    running.wait_idle().await;
+
+    println!("\n4. A message this worker publishes without includeSender is skipped here:");
+    publisher.publish(event::CUSTOM, &json!({"type": "demo", "action": "y", "data": {}})).await?;
+    running.wait_idle().await;
+
+    let stats = running.stats();
+    println!(
+        "\nStats: {} messages, {} handler runs, {} errors, {} skipped as own",
+        stats.received, stats.handler_runs, stats.handler_errors, stats.skipped_own
+    );
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! Code generation: the user's function unchanged, then one `const _: () = { ... };` block that
+//! registers it. See the crate documentation for the shape of the block.
+
+use proc_macro2::{Literal, Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
+use syn::{
+    Attribute, Expr, ExprLit, FnArg, Item, ItemFn, Lit, LitStr, Meta, ReturnType, Signature, Type,
+};
+
+use crate::args::{Args, Matcher};
+use crate::{check, Errors};
+
+/// The whole expansion of `#[websocket_subscriber(args)] item`.
+#[allow(clippy::needless_pass_by_value)] // mirrors the proc-macro entry point
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = match syn::parse2::<Args>(args) {
+        Ok(mut args) => {
+            errors.append(std::mem::take(&mut args.errors));
+            Some(args)
+        }
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    };
+    let parsed = errors.ok(syn::parse2::<Item>(item.clone()));
+    let function = parsed
+        .as_ref()
+        .and_then(|parsed| check::function(parsed, &mut errors));
+    match (args, function) {
+        (Some(args), Some(function)) if errors.is_empty() => {
+            let registration = registration(&args, function);
+            quote!(#item #registration)
+        }
+        // The function as written, beside the errors: no cascade of "cannot find function".
+        _ => {
+            let errors = errors.to_compile_errors();
+            quote!(#item #errors)
+        }
+    }
+}
+
+/// The `const _: () = { ... };` block for a validated function.
+fn registration(args: &Args, function: &ItemFn) -> TokenStream {
+    let krate = args
+        .krate
+        .as_ref()
+        .map_or_else(|| quote!(::switchboard), ToTokens::to_token_stream);
+    let private = quote!(#krate::__private);
+    let (handler, types) = handler(&private, &function.sig);
+    let requirements = requirements(&private, &types);
+    let (assertions, matchers) = matchers(&private, &args.matchers);
+
+    let unraw = function.sig.ident.unraw().to_string();
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => LitStr::new(&unraw, Span::call_site()),
+    };
+    let description = match &args.description {
+        Some(description) => description.clone(),
+        None => LitStr::new(&doc_comment(&function.attrs), Span::call_site()),
+    };
+    let priority = priority_tokens(args.priority);
+    let static_ident = format_ident!("__SWITCHBOARD_{}", unraw.to_uppercase());
+
+    quote! {
+        #[doc(hidden)]
+        #[allow(
+            non_upper_case_globals,
+            non_snake_case,
+            unused_qualifications,
+            dead_code,
+            clippy::all,
+            clippy::pedantic
+        )]
+        const _: () = {
+            #(#assertions)*
+
+            #handler
+
+            #requirements
+
+            #private::register! {
+                #static_ident,
+                #private::Registration {
+                    name: #name,
+                    description: #description,
+                    matchers: &[#(#matchers),*],
+                    priority: #priority,
+                    module_path: ::core::module_path!(),
+                    file: ::core::file!(),
+                    line: ::core::line!(),
+                    handler: __switchboard_handler,
+                    requirements: __switchboard_requirements,
+                }
+            }
+        };
+    }
+}
+
+/// `fn __switchboard_handler(Context) -> HandlerFuture`, which extracts every argument, calls the
+/// function and maps its result; and the argument types.
+fn handler<'a>(private: &TokenStream, sig: &'a Signature) -> (TokenStream, Vec<&'a Type>) {
+    // One extraction per argument, spanned at its type: `x: u32` is reported at `u32`.
+    let mut extractions = Vec::new();
+    let mut types = Vec::new();
+    let mut arguments = Vec::new();
+    for (index, input) in sig.inputs.iter().enumerate() {
+        let FnArg::Typed(arg) = input else {
+            continue; // receivers were rejected by `check`
+        };
+        let ty = &*arg.ty;
+        let var = format_ident!("__arg{}", index);
+        let extract = spanned_turbofish(&quote!(#private::extract), ty);
+        extractions.push(quote! {
+            let #var: #ty = match #extract(&__cx) {
+                #private::Ok(__value) => __value,
+                #private::Err(__rejection) => return #private::Err(__rejection),
+            };
+        });
+        types.push(ty);
+        arguments.push(var);
+    }
+
+    let ident = &sig.ident;
+    let mut call = quote!(#ident(#(#arguments),*));
+    if sig.asyncness.is_some() {
+        call = quote!(#call.await);
+    }
+    // `finish::<R>` spanned at the return type: `-> u32` is reported at `u32`.
+    let finish = match &sig.output {
+        ReturnType::Default => quote!(#private::finish(#call)),
+        ReturnType::Type(_, ty) => {
+            let finish = spanned_turbofish(&quote!(#private::finish), ty);
+            quote!(#finish(#call))
+        }
+    };
+    // Spanned at the function's name: a future that is not `Send` is reported there.
+    let boxed = respan(quote!(#private::boxed), ident.span());
+    let body = quote_spanned! {ident.span()=>
+        #boxed(async move {
+            #(#extractions)*
+            #finish
+        })
+    };
+    let handler = quote! {
+        fn __switchboard_handler(__cx: #private::Context) -> #private::HandlerFuture {
+            #body
+        }
+    };
+    (handler, types)
+}
+
+/// The `MatcherSpec`s, and the const items that check channel constants.
+fn matchers(private: &TokenStream, matchers: &[Matcher]) -> (Vec<TokenStream>, Vec<TokenStream>) {
+    let mut assertions = Vec::new();
+    let specs = matchers
+        .iter()
+        .map(|matcher| match matcher {
+            Matcher::Channel(lit) => quote!(#private::MatcherSpec::Channel(#lit)),
+            Matcher::Regex(lit) => quote!(#private::MatcherSpec::Regex(#lit)),
+            Matcher::Pattern(lit) => quote!(#private::MatcherSpec::Pattern(#lit)),
+            Matcher::ChannelConst(path) => {
+                // Typed once, so a constant of the wrong type is reported once, at the path; an
+                // invalid value then fails const evaluation of the assertion, reported there too.
+                let constant = format_ident!("__SWITCHBOARD_CHANNEL_{}", assertions.len());
+                let (first, _) = first_last_spans(path.to_token_stream());
+                let assert = respan(quote!(const _: () = #private::assert_channel), first);
+                assertions.push(quote_spanned! {first=>
+                    const #constant: &'static str = #path;
+                    #assert(#constant);
+                });
+                quote!(#private::MatcherSpec::Channel(#constant))
+            }
+            Matcher::Predicate(path) => {
+                // A function with the wrong signature is reported at the path.
+                let (first, _) = first_last_spans(path.to_token_stream());
+                let predicate = respan(quote!(#private::MatcherSpec::Predicate), first);
+                quote_spanned!(first=> #predicate(#path))
+            }
+        })
+        .collect();
+    (assertions, specs)
+}
+
+/// The function that declares what the extractors need: `<T as FromContext>::requirements` for
+/// each argument type `T`. It goes through autoref specialization so that a type that is not an
+/// extractor is skipped here, silently: the handler already reports it, at the argument's type,
+/// and a second identical error would only be noise.
+fn requirements(private: &TokenStream, types: &[&Type]) -> TokenStream {
+    if types.is_empty() {
+        return quote! {
+            fn __switchboard_requirements(_: &mut #private::Requirements) {}
+        };
+    }
+    quote! {
+        struct __SwitchboardArgument<T>(::core::marker::PhantomData<T>);
+
+        trait __SwitchboardExtractor {
+            fn __switchboard_require(&self, requirements: &mut #private::Requirements);
+        }
+
+        impl<T: #private::FromContext> __SwitchboardExtractor for __SwitchboardArgument<T> {
+            fn __switchboard_require(&self, requirements: &mut #private::Requirements) {
+                <T as #private::FromContext>::requirements(requirements);
+            }
+        }
+
+        trait __SwitchboardNotExtractor {
+            fn __switchboard_require(&self, requirements: &mut #private::Requirements);
+        }
+
+        impl<T> __SwitchboardNotExtractor for &__SwitchboardArgument<T> {
+            fn __switchboard_require(&self, _: &mut #private::Requirements) {}
+        }
+
+        fn __switchboard_requirements(__requirements: &mut #private::Requirements) {
+            #(
+                (&__SwitchboardArgument::<#types>(::core::marker::PhantomData))
+                    .__switchboard_require(__requirements);
+            )*
+        }
+    }
+}
+
+/// `path::<ty>` where `path<` carries the span of the type's first token and `>` the span of its
+/// last token, so that an unsatisfied bound on the type argument underlines the whole type.
+fn spanned_turbofish(path: &TokenStream, ty: &Type) -> TokenStream {
+    let (first, last) = first_last_spans(ty.to_token_stream());
+    let open = respan(quote!(#path::<), first);
+    let close = quote_spanned!(last=> >);
+    quote!(#open #ty #close)
+}
+
+fn first_last_spans(tokens: TokenStream) -> (Span, Span) {
+    let mut tokens = tokens.into_iter();
+    let first = tokens
+        .next()
+        .map_or_else(Span::call_site, |token| token.span());
+    let last = tokens.last().map_or(first, |token| token.span());
+    (first, last)
+}
+
+/// The same tokens, all with `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut new =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                new.set_span(span);
+                token = TokenTree::Group(new);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
+}
+
+/// `10` or `-10` (a negative literal token would not survive every round trip).
+fn priority_tokens(priority: i32) -> TokenStream {
+    let magnitude = Literal::u32_unsuffixed(priority.unsigned_abs());
+    if priority < 0 {
+        quote!(-#magnitude)
+    } else {
+        quote!(#magnitude)
+    }
+}
+
+/// The doc comment: every `#[doc = "..."]` line trimmed, blank lines dropped, joined with spaces.
+fn doc_comment(attrs: &[Attribute]) -> String {
+    attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("doc"))
+        .filter_map(|attr| match &attr.meta {
+            Meta::NameValue(meta) => match &meta.value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(lit), ..
+                }) => Some(lit.value()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .flat_map(|doc| {
+            doc.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_comments() {
+        let function: ItemFn = syn::parse_quote! {
+            /// Relays job updates
+            ///   to every client.
+            ///
+            /** More. */
+            #[doc = include_str!("x")]
+            fn f() {}
+        };
+        assert_eq!(
+            doc_comment(&function.attrs),
+            "Relays job updates to every client. More."
+        );
+        let function: ItemFn = syn::parse_quote!(
+            fn f() {}
+        );
+        assert_eq!(doc_comment(&function.attrs), "");
+    }
+
+    #[test]
+    fn priorities() {
+        assert_eq!(priority_tokens(-10).to_string(), "- 10");
+        assert_eq!(priority_tokens(i32::MIN).to_string(), "- 2147483648");
+        assert_eq!(priority_tokens(5).to_string(), "5");
+    }
+
+    #[test]
+    fn expansion_shape() {
+        let output = expand(
+            quote!(channel = "a"),
+            quote!(
+                async fn f(Message(m): Message, c: Channel) -> HandlerResult {}
+            ),
+        )
+        .to_string();
+        assert!(output.starts_with("async fn f"), "{output}");
+        assert!(output.contains("__SWITCHBOARD_F"), "{output}");
+        assert!(output.contains(". await"), "{output}");
+        assert!(output.contains("__arg0"), "{output}");
+        assert!(output.contains("__arg1"), "{output}");
+        assert!(!output.contains("compile_error"), "{output}");
+
+        let output = expand(
+            quote!(priority = 1),
+            quote!(
+                fn f() {}
+            ),
+        )
+        .to_string();
+        assert!(output.starts_with("fn f () { }"), "{output}");
+        assert!(output.contains("compile_error"), "{output}");
+        assert!(!output.contains("__SWITCHBOARD_F"), "{output}");
+    }
+}

@@ -1,0 +1,6 @@
+use switchboard::prelude::*;
+
+#[websocket_subscriber(channel = "a", channels = ["b", "c"])]
+fn both() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use switchboard::prelude::*;
+
+#[websocket_subscriber(channel = "")]
+fn handler() {}
+
+fn main() {}

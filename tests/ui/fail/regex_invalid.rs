@@ -1,0 +1,9 @@
+use switchboard::prelude::*;
+
+#[websocket_subscriber(match = regex("("))]
+fn unclosed() {}
+
+#[websocket_subscriber(match = regex("^$"))]
+fn only_empty() {}
+
+fn main() {}

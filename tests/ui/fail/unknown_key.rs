@@ -1,0 +1,9 @@
+use switchboard::prelude::*;
+
+#[websocket_subscriber(chanel = "x")]
+fn typo() {}
+
+#[websocket_subscriber(channel = "x", timeout = 5)]
+fn unsupported() {}
+
+fn main() {}

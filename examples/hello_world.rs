@@ -25,8 +25,12 @@ struct StatusUpdate {
 #[websocket_subscriber(channel = event::CUSTOM, priority = 10)]
 async fn system_status_relay(Message(update): Message<StatusUpdate>, ws: WebSocket) {
     if update.kind == "system" && update.action == "statusUpdate" {
-        let sent = ws.broadcast_to_all_clients(Outgoing::new("system", "statusUpdate", &update.data));
-        println!("  [priority  10] system_status_relay: relayed {} to {sent} client(s)", update.data);
+        let sent =
+            ws.broadcast_to_all_clients(Outgoing::new("system", "statusUpdate", &update.data));
+        println!(
+            "  [priority  10] system_status_relay: relayed {} to {sent} client(s)",
+            update.data
+        );
     }
 }
 
@@ -56,8 +60,7 @@ async fn flaky_handler(Message(message): Message) -> HandlerResult {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
 
@@ -68,7 +71,11 @@ async fn main() -> anyhow::Result<()> {
                 .description("logs raw traffic while debugging")
                 .priority(-100)
                 .handle(|cx: Context| async move {
-                    println!("  [priority -100] debugTap: {} {}", cx.channel(), cx.message());
+                    println!(
+                        "  [priority -100] debugTap: {} {}",
+                        cx.channel(),
+                        cx.message()
+                    );
                 }),
         )
         .build()?;
@@ -98,12 +105,20 @@ async fn main() -> anyhow::Result<()> {
 
     println!("\n3. A custom message that makes one handler fail (the others still run):");
     publisher
-        .publish_including_sender(event::CUSTOM, &json!({"type": "demo", "action": "x", "data": {}, "fail": true}))
+        .publish_including_sender(
+            event::CUSTOM,
+            &json!({"type": "demo", "action": "x", "data": {}, "fail": true}),
+        )
         .await?;
     running.wait_idle().await;
 
     println!("\n4. A message this worker publishes without includeSender is skipped here:");
-    publisher.publish(event::CUSTOM, &json!({"type": "demo", "action": "y", "data": {}})).await?;
+    publisher
+        .publish(
+            event::CUSTOM,
+            &json!({"type": "demo", "action": "y", "data": {}}),
+        )
+        .await?;
     running.wait_idle().await;
 
     let stats = running.stats();

@@ -77,7 +77,10 @@ fn is_support_room(m: &MatchContext<'_>) -> bool {
 
 #[websocket_subscriber(match = [is_support_room, regex("^support:"), "support-exact"])]
 fn attr_predicate(channel: Channel) {
-    log().lock().unwrap().push(format!("attr_predicate@{channel}"));
+    log()
+        .lock()
+        .unwrap()
+        .push(format!("attr_predicate@{channel}"));
 }
 
 #[tokio::test]
@@ -88,9 +91,16 @@ async fn discovery_across_crates_finds_exactly_the_expected_handlers() {
     let mut expected: Vec<String> = EXPECTED.iter().map(|s| (*s).to_owned()).collect();
     expected.sort();
     assert_eq!(names, expected, "backend: {}", switchboard::BACKEND);
-    let remote = app.handlers().into_iter().find(|h| h.name() == "remote_audit").unwrap();
+    let remote = app
+        .handlers()
+        .into_iter()
+        .find(|h| h.name() == "remote_audit")
+        .unwrap();
     assert_eq!(remote.location().module_path, "switchboard_test_handlers");
-    assert_eq!(remote.description(), "Records audit events (defined in another crate).");
+    assert_eq!(
+        remote.description(),
+        "Records audit events (defined in another crate)."
+    );
     assert_eq!(remote.source(), HandlerSource::Attribute);
     assert!(remote.location().file.ends_with("lib.rs"));
 }
@@ -99,46 +109,101 @@ async fn discovery_across_crates_finds_exactly_the_expected_handlers() {
 async fn attributed_and_inline_handlers_interleave_by_priority() {
     let app = TestApp::start(
         Switchboard::builder()
-            .only(["attr_high", "attr_tie_a", "attr_tie_b", "attr_low", "inline_mid", "inline_top"])
-            .subscriber(Subscriber::channels(["order"]).name("inline_mid").priority(0).handle(|| {
-                log().lock().unwrap().push("inline_mid".into());
-            }))
-            .subscriber(Subscriber::channels(["order"]).name("inline_top").priority(1000).handle(|| {
-                log().lock().unwrap().push("inline_top".into());
-            })),
+            .only([
+                "attr_high",
+                "attr_tie_a",
+                "attr_tie_b",
+                "attr_low",
+                "inline_mid",
+                "inline_top",
+            ])
+            .subscriber(
+                Subscriber::channels(["order"])
+                    .name("inline_mid")
+                    .priority(0)
+                    .handle(|| {
+                        log().lock().unwrap().push("inline_mid".into());
+                    }),
+            )
+            .subscriber(
+                Subscriber::channels(["order"])
+                    .name("inline_top")
+                    .priority(1000)
+                    .handle(|| {
+                        log().lock().unwrap().push("inline_top".into());
+                    }),
+            ),
     )
     .await
     .unwrap();
     log().lock().unwrap().clear();
     let d = app.publish("order", &json!({})).await.unwrap();
-    let order = ["inline_top", "attr_high", "attr_tie_a", "attr_tie_b", "inline_mid", "attr_low"];
+    let order = [
+        "inline_top",
+        "attr_high",
+        "attr_tie_a",
+        "attr_tie_b",
+        "inline_mid",
+        "attr_low",
+    ];
     assert_eq!(d.handlers(), order);
     let logged = log().lock().unwrap().clone();
-    assert_eq!(logged, ["inline_top", "attr_high@order", "attr_tie_a", "attr_tie_b", "inline_mid", "attr_low"]);
+    assert_eq!(
+        logged,
+        [
+            "inline_top",
+            "attr_high@order",
+            "attr_tie_a",
+            "attr_tie_b",
+            "inline_mid",
+            "attr_low"
+        ]
+    );
 }
 
 #[tokio::test]
 async fn attribute_extractors_and_rejections() {
-    let app = TestApp::start(Switchboard::builder().only(["attr_typed"])).await.unwrap();
+    let app = TestApp::start(Switchboard::builder().only(["attr_typed"]))
+        .await
+        .unwrap();
     let mut client = app.connect_client();
-    let d = app.publish(event::QUEUE_JOB_COMPLETED, &json!({"id": 9})).await.unwrap();
+    let d = app
+        .publish(event::QUEUE_JOB_COMPLETED, &json!({"id": 9}))
+        .await
+        .unwrap();
     assert_eq!(d.outcome("attr_typed"), Some(&Outcome::Completed));
-    let frame = client.next_frame(std::time::Duration::from_secs(5)).await.unwrap();
-    assert_eq!(frame, json!({"type": "jobs", "action": "completed", "data": {"id": 9}}));
-    let d = app.publish(event::QUEUE_JOB_COMPLETED, &json!({"id": "nine"})).await.unwrap();
+    let frame = client
+        .next_frame(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame,
+        json!({"type": "jobs", "action": "completed", "data": {"id": 9}})
+    );
+    let d = app
+        .publish(event::QUEUE_JOB_COMPLETED, &json!({"id": "nine"}))
+        .await
+        .unwrap();
     assert!(matches!(d.outcome("attr_typed"), Some(Outcome::Rejected(r)) if r.contains("Job")));
 }
 
 #[tokio::test]
 async fn attribute_state_and_missing_state() {
-    let err = Switchboard::builder().only(["attr_needs_db"]).build().unwrap_err();
+    let err = Switchboard::builder()
+        .only(["attr_needs_db"])
+        .build()
+        .unwrap_err();
     assert!(matches!(
         err,
         Error::Build(BuildError::MissingState { ref handler, .. }) if handler == "attr_needs_db"
     ));
-    let app = TestApp::start(Switchboard::builder().only(["attr_needs_db"]).state(Db("pool")))
-        .await
-        .unwrap();
+    let app = TestApp::start(
+        Switchboard::builder()
+            .only(["attr_needs_db"])
+            .state(Db("pool")),
+    )
+    .await
+    .unwrap();
     log().lock().unwrap().clear();
     app.publish("db", &json!({})).await.unwrap();
     assert!(log().lock().unwrap().contains(&"db=pool".to_owned()));
@@ -146,7 +211,9 @@ async fn attribute_state_and_missing_state() {
 
 #[tokio::test]
 async fn attribute_matcher_array_with_predicate() {
-    let app = TestApp::start(Switchboard::builder().only(["attr_predicate"])).await.unwrap();
+    let app = TestApp::start(Switchboard::builder().only(["attr_predicate"]))
+        .await
+        .unwrap();
     for (channel, message, runs) in [
         ("custom", json!({"room": "support"}), true),
         ("custom", json!({"room": "sales"}), false),
@@ -155,7 +222,11 @@ async fn attribute_matcher_array_with_predicate() {
         ("other", json!({}), false),
     ] {
         let d = app.publish(channel, &message).await.unwrap();
-        assert_eq!(d.handlers() == ["attr_predicate"], runs, "{channel} {message}");
+        assert_eq!(
+            d.handlers() == ["attr_predicate"],
+            runs,
+            "{channel} {message}"
+        );
     }
 }
 
@@ -164,8 +235,14 @@ async fn handlers_from_another_crate_run() {
     let app = TestApp::start(Switchboard::builder().only(["remote_audit", "remote_audit_tap"]))
         .await
         .unwrap();
-    let d = app.publish("audit:event", &json!({"actor": "ada"})).await.unwrap();
+    let d = app
+        .publish("audit:event", &json!({"actor": "ada"}))
+        .await
+        .unwrap();
     // remote_audit publishes `audit:recorded` including the sender, which the tap sees too.
-    assert_eq!(d.handlers(), ["remote_audit", "remote_audit_tap", "remote_audit_tap"]);
+    assert_eq!(
+        d.handlers(),
+        ["remote_audit", "remote_audit_tap", "remote_audit_tap"]
+    );
     assert_eq!(app.published()[0].channel, "audit:recorded");
 }

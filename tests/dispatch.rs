@@ -29,18 +29,42 @@ async fn priority_order_with_deterministic_ties() {
     let log = Log::default();
     let app = TestApp::start(
         base()
-            .subscriber(recorder(Subscriber::channels(["c"]).priority(0), "zeta", &log))
-            .subscriber(recorder(Subscriber::channels(["c"]).priority(10), "high", &log))
-            .subscriber(recorder(Subscriber::channels(["c"]).priority(0), "alpha", &log))
-            .subscriber(recorder(Subscriber::channels(["c"]).priority(-5), "low", &log)),
+            .subscriber(recorder(
+                Subscriber::channels(["c"]).priority(0),
+                "zeta",
+                &log,
+            ))
+            .subscriber(recorder(
+                Subscriber::channels(["c"]).priority(10),
+                "high",
+                &log,
+            ))
+            .subscriber(recorder(
+                Subscriber::channels(["c"]).priority(0),
+                "alpha",
+                &log,
+            ))
+            .subscriber(recorder(
+                Subscriber::channels(["c"]).priority(-5),
+                "low",
+                &log,
+            )),
     )
     .await
     .unwrap();
-    let names: Vec<_> = app.running().handlers().iter().map(|h| h.name().to_owned()).collect();
+    let names: Vec<_> = app
+        .running()
+        .handlers()
+        .iter()
+        .map(|h| h.name().to_owned())
+        .collect();
     assert_eq!(names, ["high", "alpha", "zeta", "low"]);
     let d = app.publish("c", &json!({})).await.unwrap();
     assert_eq!(d.handlers(), ["high", "alpha", "zeta", "low"]);
-    assert_eq!(*log.lock().unwrap(), ["high@c", "alpha@c", "zeta@c", "low@c"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["high@c", "alpha@c", "zeta@c", "low@c"]
+    );
 }
 
 #[tokio::test]
@@ -58,7 +82,13 @@ async fn wildcard_receives_every_channel() {
     }
     assert_eq!(
         *log.lock().unwrap(),
-        ["exact@only-this", "tap@only-this", "tap@analytics:pageview", "tap@custom", "tap@x"]
+        [
+            "exact@only-this",
+            "tap@only-this",
+            "tap@analytics:pageview",
+            "tap@custom",
+            "tap@x"
+        ]
     );
 }
 
@@ -68,15 +98,27 @@ async fn exact_regex_glob_predicate_and_array_matchers() {
     let app = TestApp::start(
         base()
             .subscriber(recorder(Subscriber::channels(["orders"]), "exact", &log))
-            .subscriber(recorder(Subscriber::matching([Matcher::regex("^analytics:")]), "regex", &log))
-            .subscriber(recorder(Subscriber::matching([Matcher::pattern("jobs:*:done")]), "glob", &log))
+            .subscriber(recorder(
+                Subscriber::matching([Matcher::regex("^analytics:")]),
+                "regex",
+                &log,
+            ))
+            .subscriber(recorder(
+                Subscriber::matching([Matcher::pattern("jobs:*:done")]),
+                "glob",
+                &log,
+            ))
             .subscriber(recorder(
                 Subscriber::when(|m| m.channel() == "custom" && m.message()["room"] == "support"),
                 "predicate",
                 &log,
             ))
             .subscriber(recorder(
-                Subscriber::matching([Matcher::channel("a"), Matcher::pattern("b*"), Matcher::regex("^c$")]),
+                Subscriber::matching([
+                    Matcher::channel("a"),
+                    Matcher::pattern("b*"),
+                    Matcher::regex("^c$"),
+                ]),
                 "array",
                 &log,
             )),
@@ -128,7 +170,11 @@ async fn failing_and_panicking_handlers_do_not_stop_the_others() {
     let log = Log::default();
     let app = TestApp::start(
         base()
-            .subscriber(recorder(Subscriber::channels(["c"]).priority(4), "first", &log))
+            .subscriber(recorder(
+                Subscriber::channels(["c"]).priority(4),
+                "first",
+                &log,
+            ))
             .subscriber(
                 Subscriber::channels(["c"])
                     .priority(3)
@@ -136,27 +182,50 @@ async fn failing_and_panicking_handlers_do_not_stop_the_others() {
                     .description("always fails")
                     .handle(|| async { Err::<(), _>(std::io::Error::other("disk full")) }),
             )
-            .subscriber(Subscriber::channels(["c"]).priority(2).name("panics").handle(|| async {
-                let explode = true;
-                if explode {
-                    panic!("boom");
-                }
-            }))
-            .subscriber(Subscriber::channels(["c"]).priority(2).name("panics_sync").handle(|| {
-                let explode = true;
-                if explode {
-                    panic!("sync boom");
-                }
-            }))
-            .subscriber(recorder(Subscriber::channels(["c"]).priority(1), "last", &log)),
+            .subscriber(
+                Subscriber::channels(["c"])
+                    .priority(2)
+                    .name("panics")
+                    .handle(|| async {
+                        let explode = true;
+                        if explode {
+                            panic!("boom");
+                        }
+                    }),
+            )
+            .subscriber(
+                Subscriber::channels(["c"])
+                    .priority(2)
+                    .name("panics_sync")
+                    .handle(|| {
+                        let explode = true;
+                        if explode {
+                            panic!("sync boom");
+                        }
+                    }),
+            )
+            .subscriber(recorder(
+                Subscriber::channels(["c"]).priority(1),
+                "last",
+                &log,
+            )),
     )
     .await
     .unwrap();
     let d = app.publish("c", &json!({})).await.unwrap();
-    assert_eq!(d.handlers(), ["first", "fails", "panics", "panics_sync", "last"]);
-    assert_eq!(d.outcome("fails"), Some(&Outcome::Failed("disk full".into())));
+    assert_eq!(
+        d.handlers(),
+        ["first", "fails", "panics", "panics_sync", "last"]
+    );
+    assert_eq!(
+        d.outcome("fails"),
+        Some(&Outcome::Failed("disk full".into()))
+    );
     assert_eq!(d.outcome("panics"), Some(&Outcome::Panicked("boom".into())));
-    assert_eq!(d.outcome("panics_sync"), Some(&Outcome::Panicked("sync boom".into())));
+    assert_eq!(
+        d.outcome("panics_sync"),
+        Some(&Outcome::Panicked("sync boom".into()))
+    );
     assert_eq!(*log.lock().unwrap(), ["first@c", "last@c"]);
     let stats = app.stats();
     assert_eq!((stats.handler_errors, stats.handler_panics), (1, 2));
@@ -171,10 +240,19 @@ async fn a_slow_handler_times_out_and_the_next_runs() {
         base()
             .handler_timeout(Duration::from_secs(30))
             .handler_timeout_for("slow", Duration::from_millis(50))
-            .subscriber(Subscriber::channels(["c"]).priority(2).name("slow").handle(|| async {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            }))
-            .subscriber(recorder(Subscriber::channels(["c"]).priority(1), "next", &log))
+            .subscriber(
+                Subscriber::channels(["c"])
+                    .priority(2)
+                    .name("slow")
+                    .handle(|| async {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }),
+            )
+            .subscriber(recorder(
+                Subscriber::channels(["c"]).priority(1),
+                "next",
+                &log,
+            ))
             .subscriber(
                 Subscriber::channels(["c"])
                     .priority(0)
@@ -186,7 +264,10 @@ async fn a_slow_handler_times_out_and_the_next_runs() {
     .await
     .unwrap();
     let d = app.publish("c", &json!({})).await.unwrap();
-    assert_eq!(d.outcome("slow"), Some(&Outcome::TimedOut(Duration::from_millis(50))));
+    assert_eq!(
+        d.outcome("slow"),
+        Some(&Outcome::TimedOut(Duration::from_millis(50)))
+    );
     assert_eq!(d.outcome("next"), Some(&Outcome::Completed));
     assert_eq!(
         d.outcome("slow_inline_timeout"),
@@ -201,36 +282,52 @@ async fn own_messages_are_skipped_unless_include_sender() {
     let app = TestApp::start(base().subscriber(recorder(Subscriber::channels(["c"]), "h", &log)))
         .await
         .unwrap();
-    let d = app.publish_as_self("c", &json!({"n": 1}), false).await.unwrap();
+    let d = app
+        .publish_as_self("c", &json!({"n": 1}), false)
+        .await
+        .unwrap();
     assert!(d.runs.is_empty());
     assert_eq!(d.skipped_own, 1);
-    let d = app.publish_as_self("c", &json!({"n": 2}), true).await.unwrap();
+    let d = app
+        .publish_as_self("c", &json!({"n": 2}), true)
+        .await
+        .unwrap();
     assert_eq!(d.handlers(), ["h"]);
     // Another worker's message is handled.
-    assert_eq!(app.publish("c", &json!({"n": 3})).await.unwrap().handlers(), ["h"]);
+    assert_eq!(
+        app.publish("c", &json!({"n": 3})).await.unwrap().handlers(),
+        ["h"]
+    );
     // `includeSender` must be the boolean true, as in the reference framework.
-    let raw = format!(r#"{{"workerId":"{}","includeSender":"yes"}}"#, app.worker_id());
+    let raw = format!(
+        r#"{{"workerId":"{}","includeSender":"yes"}}"#,
+        app.worker_id()
+    );
     assert_eq!(app.publish_raw("c", raw).await.skipped_own, 1);
     assert_eq!(app.stats().skipped_own, 2);
 }
 
 #[tokio::test]
 async fn envelope_fields_are_stripped_before_handlers() {
-    let seen: Arc<Mutex<Vec<(serde_json::Value, String, Option<String>, bool)>>> = Arc::default();
+    type Seen = Vec<(serde_json::Value, String, Option<String>, bool)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let sink = seen.clone();
-    let app = TestApp::start(base().subscriber(Subscriber::channels(["c"]).name("h").handle(
-        move |Message(m): Message, raw: Raw, envelope: Envelope| {
-            sink.lock().unwrap().push((
-                m,
-                String::from_utf8(raw.0.to_vec()).unwrap(),
-                envelope.worker_id().map(str::to_owned),
-                envelope.include_sender(),
-            ));
-        },
-    )))
+    let app = TestApp::start(
+        base().subscriber(Subscriber::channels(["c"]).name("h").handle(
+            move |Message(m): Message, raw: Raw, envelope: Envelope| {
+                sink.lock().unwrap().push((
+                    m,
+                    String::from_utf8(raw.0.to_vec()).unwrap(),
+                    envelope.worker_id().map(str::to_owned),
+                    envelope.include_sender(),
+                ));
+            },
+        )),
+    )
     .await
     .unwrap();
-    app.publish_raw("c", r#"{"workerId":"other","includeSender":true,"a":1}"#).await;
+    app.publish_raw("c", r#"{"workerId":"other","includeSender":true,"a":1}"#)
+        .await;
     let seen = seen.lock().unwrap();
     let (message, raw, worker, include) = &seen[0];
     assert_eq!(message, &json!({"a": 1}));
@@ -244,7 +341,10 @@ async fn invalid_payloads_are_counted_and_the_worker_goes_on() {
     let log = Log::default();
     let app = TestApp::start(
         base()
-            .payload_limits(PayloadLimits { max_bytes: 64, max_depth: 4 })
+            .payload_limits(PayloadLimits {
+                max_bytes: 64,
+                max_depth: 4,
+            })
             .subscriber(recorder(Subscriber::channels(["c"]), "h", &log)),
     )
     .await
@@ -252,10 +352,20 @@ async fn invalid_payloads_are_counted_and_the_worker_goes_on() {
     let d = app.publish_raw("c", "not json {").await;
     assert!(d.runs.is_empty());
     assert!(d.invalid[0].contains("not JSON"), "{:?}", d.invalid);
-    let d = app.publish_raw("c", format!("{{\"pad\":\"{}\"}}", "x".repeat(100))).await;
-    assert!(d.invalid[0].contains("larger than the limit of 64 bytes"), "{:?}", d.invalid);
+    let d = app
+        .publish_raw("c", format!("{{\"pad\":\"{}\"}}", "x".repeat(100)))
+        .await;
+    assert!(
+        d.invalid[0].contains("larger than the limit of 64 bytes"),
+        "{:?}",
+        d.invalid
+    );
     let d = app.publish_raw("c", "[[[[[[1]]]]]]").await;
-    assert!(d.invalid[0].contains("deeper than the limit of 4"), "{:?}", d.invalid);
+    assert!(
+        d.invalid[0].contains("deeper than the limit of 4"),
+        "{:?}",
+        d.invalid
+    );
     // JSON that is not an object (even `null`) is a valid payload.
     assert_eq!(app.publish_raw("c", "null").await.handlers(), ["h"]);
     assert_eq!(app.publish_raw("c", "{}").await.handlers(), ["h"]);
@@ -274,11 +384,14 @@ async fn message_type_rejection_skips_only_that_handler() {
     let log = Log::default();
     let app = TestApp::start(
         base()
-            .subscriber(Subscriber::channels(["jobs"]).priority(1).name("typed").handle(
-                move |Message(job): Message<Job>| {
-                    sink.lock().unwrap().push(job.id);
-                },
-            ))
+            .subscriber(
+                Subscriber::channels(["jobs"])
+                    .priority(1)
+                    .name("typed")
+                    .handle(move |Message(job): Message<Job>| {
+                        sink.lock().unwrap().push(job.id);
+                    }),
+            )
             .subscriber(recorder(Subscriber::channels(["jobs"]), "untyped", &log)),
     )
     .await
@@ -304,7 +417,11 @@ struct Db;
 #[test]
 fn missing_state_fails_build() {
     let err = base()
-        .subscriber(Subscriber::channels(["c"]).name("needs_db").handle(|_: State<Db>| {}))
+        .subscriber(
+            Subscriber::channels(["c"])
+                .name("needs_db")
+                .handle(|_: State<Db>| {}),
+        )
         .build()
         .unwrap_err();
     match &err {
@@ -318,7 +435,11 @@ fn missing_state_fails_build() {
     // With the state, it builds.
     base()
         .state(Db)
-        .subscriber(Subscriber::channels(["c"]).name("needs_db").handle(|_: State<Db>| {}))
+        .subscriber(
+            Subscriber::channels(["c"])
+                .name("needs_db")
+                .handle(|_: State<Db>| {}),
+        )
         .build()
         .unwrap();
 }
@@ -330,7 +451,9 @@ fn duplicate_names_fail_build() {
         .subscriber(Subscriber::channels(["b"]).name("same").handle(|| {}))
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Build(BuildError::DuplicateName { ref name, .. }) if name == "same"));
+    assert!(
+        matches!(err, Error::Build(BuildError::DuplicateName { ref name, .. }) if name == "same")
+    );
 }
 
 #[test]
@@ -349,7 +472,11 @@ fn invalid_inline_matchers_fail_build() {
         assert!(text.contains("`bad`") && text.contains(needle), "{text}");
     }
     let err = base()
-        .subscriber(Subscriber::channels(Vec::<String>::new()).name("none").handle(|| {}))
+        .subscriber(
+            Subscriber::channels(Vec::<String>::new())
+                .name("none")
+                .handle(|| {}),
+        )
         .build()
         .unwrap_err();
     assert!(matches!(err, Error::Build(BuildError::NoMatchers { .. })));
@@ -359,28 +486,33 @@ fn invalid_inline_matchers_fail_build() {
 async fn same_channel_order_is_kept_under_concurrency() {
     let seen: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let sink = seen.clone();
-    let app = TestApp::start(base().max_concurrent_channels(4).subscriber(
-        Subscriber::matching([Matcher::pattern("lane:*")]).name("ordered").handle(
-            move |channel: Channel, Message(m): Message| {
-                let sink = sink.clone();
-                async move {
-                    let n = m["n"].as_u64().unwrap();
-                    // Uneven work so that channels interleave.
-                    if n % 3 == 0 {
-                        tokio::task::yield_now().await;
+    let app = TestApp::start(
+        base().max_concurrent_channels(4).subscriber(
+            Subscriber::matching([Matcher::pattern("lane:*")])
+                .name("ordered")
+                .handle(move |channel: Channel, Message(m): Message| {
+                    let sink = sink.clone();
+                    async move {
+                        let n = m["n"].as_u64().unwrap();
+                        // Uneven work so that channels interleave.
+                        if n % 3 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        tokio::time::sleep(Duration::from_micros(100 * (n % 4))).await;
+                        sink.lock().unwrap().push((channel.to_string(), n));
                     }
-                    tokio::time::sleep(Duration::from_micros(100 * (n % 4))).await;
-                    sink.lock().unwrap().push((channel.to_string(), n));
-                }
-            },
+                }),
         ),
-    ))
+    )
     .await
     .unwrap();
     let publisher = switchboard::testing::TestApp::bus(&app);
     for n in 0..200u64 {
         let channel = format!("lane:{}", n % 5);
-        publisher.publish_now(&channel, serde_json::to_vec(&json!({"n": n})).unwrap().into());
+        publisher.publish_now(
+            &channel,
+            serde_json::to_vec(&json!({"n": n})).unwrap().into(),
+        );
     }
     let d = app.settle().await;
     assert_eq!(d.runs.len(), 200);
@@ -445,7 +577,10 @@ async fn handlers_publish_through_the_publisher_and_reach_clients() {
     assert_eq!(published[0].message["workerId"], app.worker_id());
     assert_eq!(published[0].message["includeSender"], true);
     let frame = client.next_frame(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(frame, json!({"type": "orders", "action": "seen", "data": {"id": 1}}));
+    assert_eq!(
+        frame,
+        json!({"type": "orders", "action": "seen", "data": {"id": 1}})
+    );
 }
 
 #[tokio::test]
@@ -477,7 +612,10 @@ async fn full_dispatch_queue_drops_and_counts() {
 
 #[test]
 fn publish_refuses_bad_input() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let running = base().build().unwrap().start().await.unwrap();
         let p = running.publisher();

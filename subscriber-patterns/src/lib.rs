@@ -49,7 +49,10 @@ pub fn validate_channel(channel: &str) -> Result<(), PatternError> {
             "channel name is empty: give the Redis channel name, e.g. \"queueJobCompleted\", or \"*\" for every channel",
         ));
     }
-    if let Some(c) = channel.chars().find(|c| c.is_whitespace() || c.is_control()) {
+    if let Some(c) = channel
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(PatternError::new(format!(
             "channel name {channel:?} contains {}: channel names cannot contain whitespace or control characters; remove it",
             describe_char(c)
@@ -148,7 +151,9 @@ pub mod glob {
 
     /// True when `pattern` contains a glob special character (`*`, `?`, `[` or `\`).
     pub fn has_special(pattern: &str) -> bool {
-        pattern.bytes().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        pattern
+            .bytes()
+            .any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
     }
 
     /// Escapes glob special characters so the result matches `literal` exactly.
@@ -319,7 +324,10 @@ pub fn regex_subscription(regex: &str) -> Result<RegexSubscription, PatternError
         _ => vec![&hir],
     };
     let mut iter = parts.into_iter();
-    let anchored = matches!(iter.next().map(|h| h.kind()), Some(HirKind::Look(Look::Start)));
+    let anchored = matches!(
+        iter.next().map(|h| h.kind()),
+        Some(HirKind::Look(Look::Start))
+    );
     let mut prefix = Vec::new();
     if anchored {
         for part in iter {
@@ -350,7 +358,10 @@ mod tests {
         assert!(validate_channel("queueJobCompleted").is_ok());
         assert!(validate_channel("*").is_ok());
         assert!(validate_channel("").is_err());
-        assert!(validate_channel("a b").unwrap_err().message().contains("a space"));
+        assert!(validate_channel("a b")
+            .unwrap_err()
+            .message()
+            .contains("a space"));
         assert!(validate_channel("a\u{7}").is_err());
         assert!(validate_channel("a\u{a0}b").is_err());
         assert_eq!(const_channel_problem("ok:1"), None);

@@ -38,6 +38,7 @@ pub struct Builder {
     listen: BTreeSet<String>,
     framework_channels: bool,
     pub(crate) observer: Option<Observer>,
+    pub(crate) server: crate::server::ServerSetup,
 }
 
 impl fmt::Debug for Builder {
@@ -67,6 +68,7 @@ impl Default for Builder {
             listen: BTreeSet::new(),
             framework_channels: true,
             observer: None,
+            server: crate::server::ServerSetup::default(),
         }
     }
 }
@@ -76,6 +78,28 @@ impl Builder {
     pub fn broker(mut self, broker: impl Broker) -> Self {
         self.broker = Some(Arc::new(broker));
         self
+    }
+
+    /// Picks the broker from the environment: a
+    /// [`RedisBroker`](crate::broker::RedisBroker) on `REDIS_URL` when it is set and not empty
+    /// (namespaced with `REDIS_NAMESPACE` when that is set and not empty), otherwise the
+    /// in-process [`MemoryBroker`].
+    ///
+    /// # Errors
+    /// [`Error::Broker`] with [`BrokerError::Config`](crate::BrokerError::Config) when
+    /// `REDIS_URL` is not a valid Redis URL.
+    pub fn broker_from_env(self) -> Result<Self, Error> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        match var("REDIS_URL") {
+            Some(url) => {
+                let mut broker = crate::broker::RedisBroker::from_url(&url)?;
+                if let Some(namespace) = var("REDIS_NAMESPACE") {
+                    broker = broker.namespace(namespace.trim());
+                }
+                Ok(self.broker(broker))
+            }
+            None => Ok(self.broker(MemoryBroker::new())),
+        }
     }
 
     /// Provides shared state to handlers that take [`State<T>`](crate::State).
@@ -175,7 +199,7 @@ impl Builder {
     ///
     /// # Errors
     /// [`Error::Build`] naming the handler and what to fix.
-    pub fn build(self) -> Result<Switchboard, Error> {
+    pub fn build(mut self) -> Result<Switchboard, Error> {
         for name in &self.listen {
             subscriber_patterns::validate_channel(name).map_err(|e| {
                 crate::error::BuildError::InvalidMatcher {
@@ -185,14 +209,18 @@ impl Builder {
                 }
             })?;
         }
+        let include_linked_routes = !self.options.without_linked;
         let entries = registry::build(self.inline, &self.states, self.options)?;
+        let routes = crate::server::routes::RouteTable::build(
+            std::mem::take(&mut self.server.routes),
+            &self.states,
+            include_linked_routes,
+        )?;
         let worker_id: Arc<str> = self
             .worker_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
             .into();
-        let broker = self
-            .broker
-            .unwrap_or_else(|| Arc::new(MemoryBroker::new()));
+        let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
 
         let mut channels: BTreeSet<String> = self.listen;
         if self.framework_channels {
@@ -245,10 +273,18 @@ impl Builder {
         let counters = Arc::new(Counters::default());
         let in_flight = Arc::new(InFlight::default());
         let publisher = Publisher::new(broker.clone(), worker_id.clone());
+        let websocket = WebSocket::new(
+            self.server,
+            routes,
+            worker_id.clone(),
+            publisher.clone(),
+            counters.clone(),
+            self.handler_timeout,
+        );
         let shared = Arc::new(Shared {
             states: self.states,
             publisher,
-            websocket: WebSocket::default(),
+            websocket,
         });
         let config = DispatchConfig {
             limits: self.limits,
@@ -264,7 +300,7 @@ impl Builder {
             counters.clone(),
             in_flight.clone(),
             self.observer,
-        );
+        )?;
         Ok(Switchboard {
             dispatcher: Arc::new(dispatcher),
             shared,
@@ -333,7 +369,11 @@ impl Switchboard {
 
     /// The handlers, in the order they run (priority, then name, then module path).
     pub fn handlers(&self) -> Vec<HandlerInfo> {
-        self.dispatcher.entries.iter().map(|e| e.info.clone()).collect()
+        self.dispatcher
+            .entries
+            .iter()
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     /// This worker's instance id.
@@ -344,6 +384,20 @@ impl Switchboard {
     /// What this worker subscribes to on the broker.
     pub fn subscriptions(&self) -> &Subscriptions {
         &self.subscriptions
+    }
+
+    /// Parses, routes and handles one message inline, without a broker or queue; returns how many
+    /// handlers ran. Not public API: used by the benchmarks.
+    #[doc(hidden)]
+    pub async fn __dispatch_inline(&self, channel: &str, payload: bytes::Bytes) -> usize {
+        self.dispatcher.dispatch_inline(channel, payload).await
+    }
+
+    /// Routes one message without running handlers; returns how many would run. Not public API:
+    /// used by the benchmarks.
+    #[doc(hidden)]
+    pub fn __route_count(&self, channel: &str, message: &serde_json::Value) -> usize {
+        self.dispatcher.route_count(channel, message)
     }
 
     /// Subscribes on the broker and starts dispatching.
@@ -440,20 +494,33 @@ impl Running {
         self.app.in_flight.wait_idle().await;
     }
 
-    /// Stops receiving, waits for running handlers (up to the grace period), and returns.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.app.shared
+    }
+
+    /// Shuts down gracefully: stops accepting WebSocket connections and receiving messages, waits
+    /// for running subscriber and route handlers (up to the grace period), closes every client
+    /// socket with 1001, and unsubscribes.
     pub async fn shutdown(mut self) {
+        let deadline = std::time::Instant::now() + self.app.shutdown_grace;
+        let websocket = self.app.shared.websocket.clone();
+        websocket.stop_accepting();
         self.shutdown.cancel();
         if let Some(dispatch) = self.dispatch.take() {
             if let Err(error) = dispatch.await {
                 tracing::error!(%error, "dispatch task ended abnormally");
             }
         }
+        websocket.close_all(deadline).await;
         tracing::info!(worker_id = %self.app.worker_id, "switchboard stopped");
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if !self.shutdown.is_cancelled() {
+            self.app.shared.websocket.abort();
+        }
         self.shutdown.cancel();
     }
 }

@@ -101,9 +101,9 @@ impl Dispatcher {
         counters: Arc<Counters>,
         in_flight: Arc<InFlight>,
         observer: Option<Observer>,
-    ) -> Self {
-        let router = Router::new(&entries);
-        Self {
+    ) -> Result<Self, crate::error::BuildError> {
+        let router = Router::new(&entries)?;
+        Ok(Self {
             entries,
             router,
             shared,
@@ -115,7 +115,7 @@ impl Dispatcher {
             observer,
             lanes: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
-        }
+        })
     }
 
     /// Reads the queue until `shutdown`, then waits up to `grace` for running handlers.
@@ -137,7 +137,10 @@ impl Dispatcher {
             self.accept(item).await;
         }
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 worker_id = %self.config.worker_id,
                 grace = ?grace,
@@ -181,7 +184,8 @@ impl Dispatcher {
             return;
         }
         let candidates = self.router.candidates(&channel);
-        if candidates.is_empty() {
+        // Framework channels (sendMessageToAll, clientConnected, ...) have a built-in action.
+        if candidates.is_empty() && !self.shared.websocket.handles(&channel) {
             Counters::inc(&self.counters.unrouted);
             tracing::trace!(channel = %channel, "no handler matches");
             self.in_flight.finish();
@@ -253,34 +257,85 @@ impl Dispatcher {
     }
 
     async fn process(&self, job: Job) {
-        let delivery = job.delivery.clone();
+        // The WebSocket server's built-in action runs before the subscriber handlers.
+        self.shared.websocket.handle_framework(&job.delivery);
+        self.run_candidates(&job.delivery, &job.candidates).await;
+        drop(job);
+        self.in_flight.finish();
+    }
+
+    /// Runs the matching handlers of one message, in order; returns how many ran.
+    async fn run_candidates(&self, delivery: &Arc<Delivery>, candidates: &[Candidate]) -> usize {
         let span = tracing::debug_span!(
             "message",
             channel = %delivery.channel,
             worker_id = %self.config.worker_id,
         );
         async {
-            for candidate in job.candidates.iter() {
+            let mut ran = 0;
+            for candidate in candidates {
                 let entry = &self.entries[candidate.handler as usize];
-                if candidate.conditional && !self.predicates_match(entry, &delivery) {
+                if candidate.conditional && !self.predicates_match(entry, delivery) {
                     continue;
                 }
                 let cx = Context {
                     delivery: delivery.clone(),
                     shared: self.shared.clone(),
                 };
-                let outcome = self.run_handler(entry, cx).await;
+                let outcome = self.run_handler(entry, cx, &delivery.channel).await;
+                ran += 1;
                 self.observe(|| Event::Ran {
                     handler: entry.info.name.to_string(),
                     channel: delivery.channel.clone(),
                     outcome: outcome.clone(),
                 });
             }
+            ran
         }
         .instrument(span)
-        .await;
-        drop(job);
-        self.in_flight.finish();
+        .await
+    }
+
+    /// Routes one message (cached channel candidates, then predicates); returns how many handlers
+    /// would run (benchmarks).
+    pub(crate) fn route_count(&self, channel: &str, message: &serde_json::Value) -> usize {
+        let candidates = self.router.candidates(channel);
+        let mcx = MatchContext { channel, message };
+        candidates
+            .iter()
+            .filter(|c| {
+                !c.conditional
+                    || self.entries[c.handler as usize]
+                        .matchers
+                        .iter()
+                        .any(|m| matches!(m, Compiled::Predicate(p) if p(&mcx)))
+            })
+            .count()
+    }
+
+    /// Parses, routes and handles one message right here, without the queue (benchmarks).
+    pub(crate) async fn dispatch_inline(&self, channel: &str, payload: bytes::Bytes) -> usize {
+        let Ok(parsed) = envelope::parse(&payload, &self.config.limits) else {
+            return 0;
+        };
+        if parsed.is_own(&self.config.worker_id) {
+            return 0;
+        }
+        let candidates = self.router.candidates(channel);
+        if candidates.is_empty() {
+            return 0;
+        }
+        let delivery = Arc::new(Delivery {
+            channel: channel.into(),
+            message: parsed.message,
+            raw: payload,
+            stripped: parsed.stripped,
+            raw_stripped: OnceLock::new(),
+            worker_id: parsed.worker_id,
+            include_sender: parsed.include_sender,
+            received_at: SystemTime::now(),
+        });
+        self.run_candidates(&delivery, &candidates).await
     }
 
     fn predicates_match(&self, entry: &Entry, delivery: &Delivery) -> bool {
@@ -309,7 +364,7 @@ impl Dispatcher {
         })
     }
 
-    async fn run_handler(&self, entry: &Entry, cx: Context) -> Outcome {
+    async fn run_handler(&self, entry: &Entry, cx: Context, channel: &str) -> Outcome {
         Counters::inc(&self.counters.handler_runs);
         let started = Instant::now();
         let timeout = entry.timeout.unwrap_or(self.config.handler_timeout);
@@ -329,6 +384,8 @@ impl Dispatcher {
         match &outcome {
             Outcome::Completed => tracing::debug!(
                 handler = %info.name,
+                    channel,
+                    worker_id = %self.config.worker_id,
                 elapsed = ?started.elapsed(),
                 "subscriber handler completed"
             ),
@@ -336,6 +393,8 @@ impl Dispatcher {
                 Counters::inc(&self.counters.handler_errors);
                 tracing::error!(
                     handler = %info.name,
+                    channel,
+                    worker_id = %self.config.worker_id,
                     description = %info.description,
                     %error,
                     "subscriber handler failed; the next handler still runs"
@@ -345,6 +404,8 @@ impl Dispatcher {
                 Counters::inc(&self.counters.handler_rejections);
                 tracing::warn!(
                     handler = %info.name,
+                    channel,
+                    worker_id = %self.config.worker_id,
                     description = %info.description,
                     %reason,
                     "subscriber handler skipped: an argument was rejected"
@@ -354,6 +415,8 @@ impl Dispatcher {
                 Counters::inc(&self.counters.handler_panics);
                 tracing::error!(
                     handler = %info.name,
+                    channel,
+                    worker_id = %self.config.worker_id,
                     description = %info.description,
                     %panic,
                     "subscriber handler panicked; the next handler still runs"
@@ -363,6 +426,8 @@ impl Dispatcher {
                 Counters::inc(&self.counters.handler_timeouts);
                 tracing::error!(
                     handler = %info.name,
+                    channel,
+                    worker_id = %self.config.worker_id,
                     description = %info.description,
                     timeout = ?after,
                     "subscriber handler timed out and was cancelled; the next handler still runs"

@@ -174,7 +174,11 @@ mod tests {
 
     #[test]
     fn strips_envelope_fields() {
-        let p = parse(br#"{"workerId":"w1","includeSender":true,"a":1}"#, &PayloadLimits::default()).unwrap();
+        let p = parse(
+            br#"{"workerId":"w1","includeSender":true,"a":1}"#,
+            &PayloadLimits::default(),
+        )
+        .unwrap();
         assert_eq!(p.message, serde_json::json!({"a": 1}));
         assert_eq!(p.worker_id.as_deref(), Some("w1"));
         assert!(p.include_sender);
@@ -184,7 +188,11 @@ mod tests {
 
     #[test]
     fn include_sender_must_be_the_boolean_true() {
-        let p = parse(br#"{"workerId":"w1","includeSender":"yes"}"#, &PayloadLimits::default()).unwrap();
+        let p = parse(
+            br#"{"workerId":"w1","includeSender":"yes"}"#,
+            &PayloadLimits::default(),
+        )
+        .unwrap();
         assert!(!p.include_sender);
         assert!(p.is_own("w1"));
         assert!(!p.is_own("w2"));
@@ -192,11 +200,23 @@ mod tests {
 
     #[test]
     fn limits() {
-        let limits = PayloadLimits { max_bytes: 10, max_depth: 2 };
-        assert!(matches!(parse(b"[1,2,3,4,5,6,7]", &limits), Err(InvalidPayload::TooLarge { .. })));
-        assert!(matches!(parse(b"[[[1]]]", &limits), Err(InvalidPayload::TooDeep { .. })));
-        assert!(matches!(parse(b"[\"[[[[\"]", &limits), Ok(_)));
-        assert!(matches!(parse(b"nope", &limits), Err(InvalidPayload::NotJson(_))));
+        let limits = PayloadLimits {
+            max_bytes: 10,
+            max_depth: 2,
+        };
+        assert!(matches!(
+            parse(b"[1,2,3,4,5,6,7]", &limits),
+            Err(InvalidPayload::TooLarge { .. })
+        ));
+        assert!(matches!(
+            parse(b"[[[1]]]", &limits),
+            Err(InvalidPayload::TooDeep { .. })
+        ));
+        assert!(parse(b"[\"[[[[\"]", &limits).is_ok());
+        assert!(matches!(
+            parse(b"nope", &limits),
+            Err(InvalidPayload::NotJson(_))
+        ));
         assert!(matches!(parse(b"null", &limits), Ok(p) if p.message.is_null()));
     }
 
@@ -206,7 +226,10 @@ mod tests {
         assert_eq!(w, br#"{"workerId":"id","a":1}"#);
         let w = wrap(b" { } ", "id", true).unwrap();
         let v: Value = serde_json::from_slice(&w).unwrap();
-        assert_eq!(v, serde_json::json!({"workerId": "id", "includeSender": true}));
+        assert_eq!(
+            v,
+            serde_json::json!({"workerId": "id", "includeSender": true})
+        );
         assert!(wrap(b"[1]", "id", false).is_none());
     }
 }

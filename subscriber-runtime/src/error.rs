@@ -33,9 +33,9 @@ pub enum BuildError {
         /// The shared name.
         name: String,
         /// The first handler.
-        first: Location,
+        first: Box<Location>,
         /// The second handler.
-        second: Location,
+        second: Box<Location>,
     },
     /// A handler takes `State<T>` but no `T` was provided.
     #[error("subscriber handler `{handler}` takes `State<{type_name}>`, but no state of that type was provided: add `.state(value)` with a `{type_name}` to the builder")]
@@ -72,6 +72,24 @@ pub enum BuildError {
     /// An inline subscriber was given an empty name.
     #[error("an inline subscriber has an empty name: give it one with `.name(\"...\")`")]
     EmptyName,
+    /// Two client routes have the same `type:action`.
+    #[error("two client routes are registered for `{route}`: one at {first}, one at {second}; remove one of them")]
+    DuplicateRoute {
+        /// The `type:action`.
+        route: String,
+        /// The first route.
+        first: Location,
+        /// The second route.
+        second: Location,
+    },
+    /// A client route cannot be registered.
+    #[error("client route `{route}` cannot be registered: {reason}")]
+    InvalidRoute {
+        /// The `type:action`.
+        route: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A broker could not do what was asked.

@@ -16,6 +16,9 @@ pub const CLIENT_LEFT_ROOM: &str = "clientLeftRoom";
 pub const SEND_MESSAGE: &str = "sendMessage";
 /// A frame every worker delivers to all of its clients.
 pub const SEND_MESSAGE_TO_ALL: &str = "sendMessageToAll";
+/// A frame every worker delivers to the members of a room: `{roomName, message,
+/// excludeClientId?}` (a Switchboard extension; the reference framework has no such channel).
+pub const SEND_MESSAGE_TO_ROOM: &str = "sendMessageToRoom";
 /// An error for one client: `{clientId, error}`.
 pub const MESSAGE_ERROR: &str = "messageError";
 /// A queue job completed (its result, id, queue and `webSocketClientId` when it has one).
@@ -26,7 +29,7 @@ pub const QUEUE_JOB_ERROR: &str = "queueJobError";
 pub const CUSTOM: &str = "custom";
 
 /// Every framework channel.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
     DISCONNECT_CLIENT,
@@ -34,6 +37,7 @@ pub const ALL: [&str; 11] = [
     CLIENT_LEFT_ROOM,
     SEND_MESSAGE,
     SEND_MESSAGE_TO_ALL,
+    SEND_MESSAGE_TO_ROOM,
     MESSAGE_ERROR,
     QUEUE_JOB_COMPLETED,
     QUEUE_JOB_ERROR,

@@ -231,6 +231,12 @@ impl<T> Deref for State<T> {
 #[error("no state of type `{0}` was provided: add `.state(value)` to the builder")]
 pub struct MissingState(&'static str);
 
+impl MissingState {
+    pub(crate) fn of<T>() -> Self {
+        Self(std::any::type_name::<T>())
+    }
+}
+
 impl<T: Clone + Send + Sync + 'static> FromContext for State<T> {
     type Rejection = MissingState;
     fn from_context(cx: &Context) -> Result<Self, MissingState> {

@@ -210,7 +210,12 @@ pub(crate) fn build(
             .priority
             .cmp(&a.info.priority)
             .then_with(|| a.info.name.cmp(&b.info.name))
-            .then_with(|| a.info.location.module_path.cmp(&b.info.location.module_path))
+            .then_with(|| {
+                a.info
+                    .location
+                    .module_path
+                    .cmp(&b.info.location.module_path)
+            })
             .then_with(|| a.info.location.line.cmp(&b.info.location.line))
     });
 
@@ -221,8 +226,8 @@ pub(crate) fn build(
             let (first, second) = order_locations(first, &c.info.location);
             return Err(BuildError::DuplicateName {
                 name: c.info.name.to_string(),
-                first,
-                second,
+                first: Box::new(first),
+                second: Box::new(second),
             });
         }
     }
@@ -261,7 +266,11 @@ pub(crate) fn build(
             .iter()
             .map(|k| Compiled::compile(k, &c.info.name))
             .collect::<Result<Vec<_>, _>>()?;
-        let timeout = options.timeouts.get(c.info.name.as_ref()).copied().or(c.timeout);
+        let timeout = options
+            .timeouts
+            .get(c.info.name.as_ref())
+            .copied()
+            .or(c.timeout);
         entries.push(Entry {
             info: c.info,
             call: c.call,
@@ -283,6 +292,9 @@ fn order_locations(a: &Location, b: &Location) -> (Location, Location) {
 
 /// Logs the startup table, one line per handler, at info level.
 pub(crate) fn log_table(entries: &[Entry], worker_id: &str) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
     let mut table = String::new();
     for e in entries {
         table.push_str("\n  ");

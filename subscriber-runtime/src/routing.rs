@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::error::BuildError;
 use crate::matcher::Compiled;
 use crate::registry::Entry;
 
@@ -33,7 +34,7 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub(crate) fn new(entries: &[Entry]) -> Self {
+    pub(crate) fn new(entries: &[Entry]) -> Result<Self, BuildError> {
         let mut exact: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
         let mut wildcard = Vec::new();
         let mut regexes = Vec::new();
@@ -58,8 +59,26 @@ impl Router {
                 predicated.push(i);
             }
         }
-        let regex_set = regex::RegexSet::new(&regexes).expect("regexes were validated at build()");
-        Self {
+        let regex_set = regex::RegexSet::new(&regexes).map_err(|error| {
+            // Name the culprit: compile them one by one (only on this error path).
+            let culprit = regexes
+                .iter()
+                .zip(&regex_owner)
+                .find_map(|(r, &owner)| regex::Regex::new(r).err().map(|e| (r, owner, e)));
+            match culprit {
+                Some((r, owner, e)) => BuildError::InvalidMatcher {
+                    handler: entries[owner as usize].info.name.to_string(),
+                    matcher: format!("regex({r:?})"),
+                    reason: e.to_string(),
+                },
+                None => BuildError::InvalidMatcher {
+                    handler: "<all regex matchers>".to_owned(),
+                    matcher: format!("{} regexes", regexes.len()),
+                    reason: error.to_string(),
+                },
+            }
+        })?;
+        Ok(Self {
             exact,
             wildcard,
             regex_set,
@@ -67,7 +86,7 @@ impl Router {
             globs,
             predicated,
             cache: RwLock::new(HashMap::new()),
-        }
+        })
     }
 
     /// The candidates for a channel, in priority order, each handler at most once.

@@ -49,6 +49,24 @@ counters! {
     predicate_panics,
     /// Broker reconnects.
     reconnects,
+    /// WebSocket clients that connected to this worker.
+    clients_connected,
+    /// WebSocket clients of this worker that disconnected (for any reason).
+    clients_disconnected,
+    /// WebSocket connections refused with 401 (bad, expired or missing token).
+    auth_rejections,
+    /// Messages received from WebSocket clients.
+    client_messages,
+    /// Error frames sent to WebSocket clients.
+    client_errors,
+    /// Clients disconnected (1013) because their send queue was full.
+    slow_consumer_disconnects,
+    /// Clients disconnected (1009) for sending a message over the size limit.
+    oversized_message_disconnects,
+    /// Clients disconnected because they stopped answering pings.
+    heartbeat_timeouts,
+    /// Clients disconnected by the inactivity timeout.
+    idle_disconnects,
 }
 
 impl Counters {
@@ -106,7 +124,10 @@ impl RateLimit {
 
     /// `Some(suppressed since last time)` when a warning may be logged now.
     pub(crate) fn allow(&self) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         match state.0 {
             Some(last) if now.duration_since(last) < self.period => {

@@ -5,7 +5,7 @@
 //! worker is disconnected, or dropped because its dispatch queue is full, is lost to that worker.
 //! Both cases are counted (see [`Stats`](crate::Stats)).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,9 @@ use crate::error::BrokerError;
 use crate::stats::{Counters, InFlight, RateLimit};
 
 mod memory;
+mod redis;
 
+pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
 
 /// A transport between workers: publish to a channel, and deliver what the worker subscribed to
@@ -51,33 +53,73 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 pub struct Subscriptions {
     channels: BTreeSet<String>,
     patterns: BTreeSet<String>,
+    /// The literal prefixes of the patterns that are exactly `<literal>*` (`""` for `*`).
+    prefixes: HashSet<String>,
+    /// The other patterns, tested one by one.
+    complex: Vec<String>,
+}
+
+/// Every prefix of `s` at a character boundary, `""` and `s` included.
+fn prefixes_of(s: &str) -> impl Iterator<Item = &str> {
+    s.char_indices()
+        .map(move |(i, _)| &s[..i])
+        .chain(std::iter::once(s))
 }
 
 impl Subscriptions {
     /// Builds the minimal set from exact channels and glob patterns.
+    ///
+    /// Runs in time linear in the number of channels and patterns (times their length) for the
+    /// common `<literal>*` patterns, so that a registry of thousands of handlers plans fast.
     pub fn new(
         channels: impl IntoIterator<Item = String>,
         patterns: impl IntoIterator<Item = String>,
     ) -> Self {
-        let patterns: BTreeSet<String> = patterns.into_iter().collect();
-        let patterns: BTreeSet<String> = patterns
+        let all: BTreeSet<String> = patterns.into_iter().collect();
+        let all_prefixes: HashSet<&str> = all
+            .iter()
+            .filter_map(|p| subscriber_patterns::glob::simple_prefix(p))
+            .collect();
+        // A pattern is dropped when a broader `<literal>*` pattern covers it.
+        let patterns: BTreeSet<String> = all
             .iter()
             .filter(|p| {
-                !patterns
-                    .iter()
-                    .any(|broad| subscriber_patterns::glob::covers(broad, p))
+                let own = subscriber_patterns::glob::simple_prefix(p);
+                !prefixes_of(p).any(|pre| all_prefixes.contains(pre) && Some(pre) != own)
             })
             .cloned()
             .collect();
-        let channels = channels
-            .into_iter()
-            .filter(|c| {
-                !patterns
-                    .iter()
-                    .any(|p| subscriber_patterns::glob::matches(p, c))
-            })
+        let prefixes: HashSet<String> = patterns
+            .iter()
+            .filter_map(|p| subscriber_patterns::glob::simple_prefix(p))
+            .map(str::to_owned)
             .collect();
-        Self { channels, patterns }
+        let complex: Vec<String> = patterns
+            .iter()
+            .filter(|p| subscriber_patterns::glob::simple_prefix(p).is_none())
+            .cloned()
+            .collect();
+        let mut this = Self {
+            channels: BTreeSet::new(),
+            patterns,
+            prefixes,
+            complex,
+        };
+        // An exact channel that a pattern matches is not subscribed again (Redis would deliver
+        // it twice: once as `message`, once as `pmessage`).
+        this.channels = channels
+            .into_iter()
+            .filter(|c| !this.pattern_matches(c))
+            .collect();
+        this
+    }
+
+    fn pattern_matches(&self, channel: &str) -> bool {
+        prefixes_of(channel).any(|pre| self.prefixes.contains(pre))
+            || self
+                .complex
+                .iter()
+                .any(|p| subscriber_patterns::glob::matches(p, channel))
     }
 
     /// The exact channels to `SUBSCRIBE` to.
@@ -97,27 +139,35 @@ impl Subscriptions {
 
     /// Whether a message on `channel` is delivered by these subscriptions.
     pub fn matches(&self, channel: &str) -> bool {
-        self.channels.contains(channel)
-            || self
-                .patterns
-                .iter()
-                .any(|p| subscriber_patterns::glob::matches(p, channel))
+        self.channels.contains(channel) || self.pattern_matches(channel)
     }
 
     /// For a message Redis delivered through `pattern`: whether this is the one delivery to keep.
     /// Redis sends a message once per matching pattern; keeping only the first matching pattern
     /// (in sorted order) hands each message to the dispatcher exactly once.
     pub fn is_canonical_pattern(&self, pattern: &str, channel: &str) -> bool {
-        self.patterns
+        let simple = prefixes_of(channel)
+            .filter(|pre| self.prefixes.contains(*pre))
+            .map(|pre| format!("{pre}*"));
+        let complex = self
+            .complex
             .iter()
-            .find(|p| subscriber_patterns::glob::matches(p, channel))
-            .is_some_and(|p| p == pattern)
+            .filter(|p| subscriber_patterns::glob::matches(p, channel))
+            .cloned();
+        simple
+            .chain(complex)
+            .min()
+            .is_some_and(|first| first == pattern)
     }
 }
 
 impl fmt::Display for Subscriptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "channels {:?}, patterns {:?}", self.channels, self.patterns)
+        write!(
+            f,
+            "channels {:?}, patterns {:?}",
+            self.channels, self.patterns
+        )
     }
 }
 

@@ -32,7 +32,6 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Builder, Running};
@@ -41,8 +40,11 @@ use crate::dispatch::Event;
 pub use crate::dispatch::Outcome;
 use crate::error::{BrokerError, Error};
 use crate::publish::Publisher;
-use crate::server::{ClientId, Frame, WebSocket};
+use crate::server::{ClientId, LocalReceiver, WebSocket};
 use crate::stats::Stats;
+
+mod mock_redis;
+pub use mock_redis::MockRedis;
 
 /// A message an application published, as recorded by [`TestApp::published`].
 #[derive(Debug, Clone, PartialEq)]
@@ -282,7 +284,7 @@ impl TestApp {
 #[derive(Debug)]
 pub struct TestClient {
     id: ClientId,
-    rx: mpsc::Receiver<Frame>,
+    rx: LocalReceiver,
     websocket: WebSocket,
 }
 

@@ -18,9 +18,15 @@ pub struct AuditEvent {
 
 /// Records audit events (defined in another crate).
 #[websocket_subscriber(channel = AUDIT_CHANNEL, priority = 7)]
-pub async fn remote_audit(Message(event): Message<AuditEvent>, publisher: Publisher) -> HandlerResult {
+pub async fn remote_audit(
+    Message(event): Message<AuditEvent>,
+    publisher: Publisher,
+) -> HandlerResult {
     publisher
-        .publish_including_sender("audit:recorded", &serde_json::json!({ "actor": event.actor }))
+        .publish_including_sender(
+            "audit:recorded",
+            &serde_json::json!({ "actor": event.actor }),
+        )
         .await?;
     Ok(())
 }

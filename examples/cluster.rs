@@ -1,0 +1,103 @@
+//! A worker of a cluster: several processes exchanging messages through Redis.
+//!
+//! Start Redis, then two workers in two terminals, and type lines into either one: the other
+//! prints them.
+//!
+//! ```text
+//! redis-server --port 6379 --save '' --appendonly no
+//! REDIS_URL=redis://127.0.0.1:6379/ WORKER_NAME=a cargo run --example cluster
+//! REDIS_URL=redis://127.0.0.1:6379/ WORKER_NAME=b cargo run --example cluster
+//! ```
+//!
+//! Environment:
+//!
+//! - `REDIS_URL`: the Redis server (without it, the in-process broker: nothing leaves the process);
+//!   `REDIS_NAMESPACE`: an optional channel prefix (see `Builder::broker_from_env`);
+//! - `WORKER_NAME`: a name for the output (default `worker`);
+//! - `CHANNEL`: the channel to subscribe and publish on (default `cluster:chat`);
+//! - `PUBLISH`: a message to publish once, right after start.
+//!
+//! Every line read from standard input is published as `{"from": WORKER_NAME, "text": line}` to
+//! the *other* workers (a worker does not receive its own messages). The worker stops at the end
+//! of its input or on Ctrl-C.
+//!
+//! Standard output, one line per event (the integration tests read it):
+//!
+//! ```text
+//! READY <worker>
+//! RECEIVED <worker> <channel> <message as JSON>
+//! PUBLISHED <worker> <text>
+//! ```
+//!
+//! Logs go to standard error (`RUST_LOG=info` shows the Redis connection's life).
+
+use std::io::BufRead;
+
+use switchboard::prelude::*;
+use tokio::sync::mpsc;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+
+    let name = std::env::var("WORKER_NAME").unwrap_or_else(|_| "worker".to_owned());
+    let channel = std::env::var("CHANNEL").unwrap_or_else(|_| "cluster:chat".to_owned());
+
+    let me = name.clone();
+    let running = Switchboard::builder()
+        .broker_from_env()?
+        .without_linked_handlers()
+        .framework_channels(false)
+        .subscriber(
+            Subscriber::channels([channel.clone()])
+                .name("print_received")
+                .handle(move |channel: Channel, Message(message): Message| {
+                    println!("RECEIVED {me} {channel} {message}");
+                }),
+        )
+        .build()?
+        .start()
+        .await?;
+    println!("READY {name}");
+
+    let publisher = running.publisher();
+    if let Some(text) = std::env::var("PUBLISH").ok().filter(|t| !t.is_empty()) {
+        publish(&publisher, &channel, &name, &text).await;
+    }
+
+    // Standard input is read on a thread and handed over line by line.
+    let (lines_tx, mut lines) = mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(text) => publish(&publisher, &channel, &name, text.trim()).await,
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn publish(publisher: &Publisher, channel: &str, name: &str, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    let message = serde_json::json!({ "from": name, "text": text });
+    match publisher.publish(channel, &message).await {
+        Ok(()) => println!("PUBLISHED {name} {text}"),
+        Err(error) => eprintln!("ERROR publishing on {channel}: {error}"),
+    }
+}

@@ -1,0 +1,192 @@
+//! [`WebSocketConfig`]: authentication, rooms, limits, heartbeats and timeouts of the server.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+/// How many rooms a client may be in at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoomPolicy {
+    /// Any number of rooms (the reference framework's default).
+    #[default]
+    Multiple,
+    /// One room: joining a room first leaves the one the client was in.
+    Single,
+}
+
+/// The HS256 secret that signs client tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtSecret(pub(crate) Vec<u8>);
+
+impl fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtSecret(<redacted>)")
+    }
+}
+
+/// A JWT secret given as base64url text did not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("the JWT secret is not valid base64url (the reference framework's format for `auth.jwtSecretKey`): {0}")]
+pub struct InvalidSecret(base64::DecodeError);
+
+impl JwtSecret {
+    /// The secret's raw bytes, as they are.
+    pub fn raw(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The secret as base64url text (padding optional): the reference framework's format, where
+    /// the configured key is a JWK `k` value.
+    ///
+    /// ```
+    /// use switchboard::JwtSecret;
+    ///
+    /// assert_eq!(JwtSecret::base64url("c2VjcmV0").unwrap(), JwtSecret::raw("secret"));
+    /// assert!(JwtSecret::base64url("not base64!").is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`InvalidSecret`] when the text is not base64url.
+    pub fn base64url(text: &str) -> Result<Self, InvalidSecret> {
+        let text = text.trim().trim_end_matches('=');
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map(Self)
+            .map_err(InvalidSecret)
+    }
+}
+
+/// Configuration of the WebSocket server. Every setting has a default; change what you need.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::{JwtSecret, RoomPolicy, WebSocketConfig};
+///
+/// let config = WebSocketConfig::default()
+///     .jwt_secret(JwtSecret::raw("change me"))
+///     .room_policy(RoomPolicy::Single)
+///     .max_message_size(32 * 1024)
+///     .idle_timeout(Some(Duration::from_secs(300)));
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct WebSocketConfig {
+    pub(crate) jwt_secret: Option<JwtSecret>,
+    pub(crate) require_auth: bool,
+    pub(crate) room_policy: RoomPolicy,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_queued_messages: usize,
+    pub(crate) max_queued_bytes: usize,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) close_timeout: Duration,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) write_buffer_size: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            require_auth: false,
+            room_policy: RoomPolicy::Multiple,
+            max_message_size: 64 * 1024,
+            max_queued_messages: 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
+            ping_interval: Some(Duration::from_secs(30)),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            close_timeout: Duration::from_secs(5),
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 64 * 1024,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    /// The HS256 secret that client tokens (`?token=<JWT>`) are verified with. Without one, a
+    /// client that presents a token is refused (401), and clients without a token connect
+    /// anonymously.
+    pub fn jwt_secret(mut self, secret: JwtSecret) -> Self {
+        self.jwt_secret = Some(secret);
+        self
+    }
+
+    /// Refuses (401) clients that present no token (default: they connect anonymously).
+    pub fn require_auth(mut self, on: bool) -> Self {
+        self.require_auth = on;
+        self
+    }
+
+    /// Single- or multi-room membership (default [`RoomPolicy::Multiple`]).
+    pub fn room_policy(mut self, policy: RoomPolicy) -> Self {
+        self.room_policy = policy;
+        self
+    }
+
+    /// Largest message (and frame) a client may send, in bytes (default 64 KiB). A client that
+    /// sends a larger one is disconnected with close code 1009.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes.max(1);
+        self
+    }
+
+    /// Most frames waiting to be written to one client (default 1024). A client whose queue is
+    /// full is disconnected with close code 1013 (counted as a slow consumer).
+    pub fn max_queued_messages(mut self, n: usize) -> Self {
+        self.max_queued_messages = n.max(1);
+        self
+    }
+
+    /// Most bytes waiting to be written to one client (default 4 MiB); as
+    /// [`max_queued_messages`](Self::max_queued_messages). One frame is always accepted into an
+    /// empty queue, whatever its size.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes.max(1);
+        self
+    }
+
+    /// How often the server pings each client (default 30 s; `None`: never). A client that sends
+    /// nothing (not even a pong) for this interval plus the [`pong_timeout`](Self::pong_timeout)
+    /// is disconnected.
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// How long a client may take to answer a ping (default 10 s).
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.pong_timeout = timeout;
+        self
+    }
+
+    /// Disconnects a client that sent no message for this long (default `None`: never). Pongs do
+    /// not count as activity; every text or binary message does.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// How long closing a socket may take (sending the close frame, waiting for the client's
+    /// answer) before the connection is dropped (default 5 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Initial read buffer of each connection, in bytes (default 4 KiB; it grows for larger
+    /// messages). Small keeps idle connections cheap.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.read_buffer_size = bytes.max(256);
+        self
+    }
+
+    /// Bytes a connection gathers before writing to the socket within one batch (default 64 KiB).
+    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
+        self.write_buffer_size = bytes;
+        self
+    }
+}

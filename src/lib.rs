@@ -108,6 +108,7 @@ pub mod prelude {
         Channel, Context, Envelope, HandlerResult, MatchContext, Matcher, Message, Outgoing,
         Publisher, Raw, State, Subscriber, Switchboard, WebSocket,
     };
+    pub use crate::{Client, Data, Reply, RoomPolicy, WebSocketConfig};
 }
 
 /// Not public API: used by the code `#[websocket_subscriber]` generates.

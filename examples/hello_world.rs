@@ -1,4 +1,4 @@
-//! The Switchboard hello world: subscribers firing in priority order on the in-process broker.
+//! The Switchboard hello world: subscribers firing in priority order, then a WebSocket server.
 //!
 //! Run with:
 //!
@@ -6,7 +6,17 @@
 //! cargo run --example hello_world
 //! ```
 //!
-//! No Redis needed. Set `RUST_LOG=debug` to see every handler run.
+//! No Redis needed (the in-process broker); with `REDIS_URL` set it joins the other workers on
+//! that Redis. It first plays a short scripted demo, then serves `ws://127.0.0.1:3000/ws` (`PORT`
+//! changes the port) until Ctrl-C. Connect with any WebSocket client, e.g.
+//!
+//! ```text
+//! websocat ws://127.0.0.1:3000/ws
+//! {"type":"hello","action":"greet","data":{"name":"Ada"}}
+//! {"type":"system","action":"joinRoom","data":{"roomName":"support"}}
+//! ```
+//!
+//! Set `RUST_LOG=debug` to see every handler run.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -56,6 +66,44 @@ async fn flaky_handler(Message(message): Message) -> HandlerResult {
     Ok(())
 }
 
+/// What a client sends with `{"type":"hello","action":"greet","data":{...}}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Greet {
+    name: String,
+    message: String,
+}
+
+/// The `hello:greet` client route: greets every client of every worker, tells the subscribers
+/// through `custom`, and replies `{"success": true}` to the sender.
+async fn greet(
+    client: Client,
+    Data(greet): Data<Greet>,
+    ws: WebSocket,
+) -> Result<serde_json::Value, switchboard::BoxError> {
+    let name = match greet.name.trim() {
+        "" => "World".to_owned(),
+        name => name.to_owned(),
+    };
+    let message = match greet.message.trim() {
+        "" => format!("{name} says hello!"),
+        message => message.to_owned(),
+    };
+    ws.send_message_to_all(Outgoing::new(
+        "hello",
+        "greeting",
+        json!({"name": name, "message": message, "clientId": client.id()}),
+    ))
+    .await?;
+    ws.send_custom_message(json!({
+        "type": "system",
+        "action": "statusUpdate",
+        "data": {"status": format!("{name} just sent a hello")},
+    }))
+    .await?;
+    Ok(json!({"success": true}))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -65,6 +113,18 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let app = Switchboard::builder()
+        .broker_from_env()?
+        .route("hello", "greet", greet)
+        .on_connect(|client, ws| {
+            ws.broadcast_to_client(
+                client.id(),
+                Outgoing::new(
+                    "hello",
+                    "connected",
+                    json!({"message": "Welcome to Switchboard", "clientId": client.id()}),
+                ),
+            );
+        })
         .subscriber(
             Subscriber::channels(["*"])
                 .name("debugTap")
@@ -126,6 +186,17 @@ async fn main() -> anyhow::Result<()> {
         "\nStats: {} messages, {} handler runs, {} errors, {} skipped as own",
         stats.received, stats.handler_runs, stats.handler_errors, stats.skipped_own
     );
+
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = running.listen(listener)?;
+    println!("\nServing ws://{addr}/ws (Ctrl-C stops). Try:");
+    println!("  websocat ws://{addr}/ws");
+    println!(r#"  {{"type":"hello","action":"greet","data":{{"name":"Ada"}}}}"#);
+    tokio::signal::ctrl_c().await?;
     running.shutdown().await;
     Ok(())
 }

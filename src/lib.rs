@@ -100,9 +100,48 @@ pub use subscriber_runtime::*;
 /// `Result<(), E>` with `E: Into<BoxError>`.
 pub use subscriber_macros::websocket_subscriber;
 
+/// Marks a function as the client route handler of the frames `{"type": ..., "action": ...}`,
+/// registered at link time like a subscriber; the reply `{type, action, response}` carries what it
+/// returns.
+///
+/// ```
+/// use serde::Deserialize;
+/// use switchboard::prelude::*;
+///
+/// #[derive(Deserialize)]
+/// struct Greet { name: String }
+///
+/// /// Greets the client by name.
+/// #[websocket_route(type = "hello", action = "greet")]
+/// async fn greet(client: Client, Data(greet): Data<Greet>) -> Reply<String> {
+///     Reply(format!("hello {} from {}", greet.name, client.id()))
+/// }
+/// # fn main() {}
+/// ```
+///
+/// # Keys
+///
+/// | key | value | default |
+/// |---|---|---|
+/// | `type` | a string literal: the frame's `type` (required) | |
+/// | `action` | a string literal: the frame's `action` (required) | |
+/// | `name` | a string | the function's name |
+/// | `description` | a string | the doc comment |
+/// | `crate` | a string path to this crate when renamed | `"::switchboard"` |
+///
+/// `type` and `action` must be non-empty, without whitespace or control characters, and
+/// `system:joinRoom` / `system:leaveRoom` are reserved (the server answers them). Every argument
+/// must be a route extractor ([`FromRoute`]: [`Client`], [`Data<T>`], [`WebSocket`], [`State<T>`],
+/// [`Publisher`], [`RouteContext`]); the function may be `async` or not and returns an
+/// [`IntoReply`]: `()`, `Result<T, E>`, [`Reply<T>`] or a `serde_json::Value`. Routes are
+/// collected by [`Builder::build`] unless the builder leaves linked handlers out, and a route given
+/// twice is a build error.
+pub use subscriber_macros::websocket_route;
+
 /// The items most handlers need: `use switchboard::prelude::*;`.
 pub mod prelude {
     pub use crate::event;
+    pub use crate::websocket_route;
     pub use crate::websocket_subscriber;
     pub use crate::{
         Channel, Context, Envelope, HandlerResult, MatchContext, Matcher, Message, Outgoing,

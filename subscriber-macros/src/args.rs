@@ -1,4 +1,5 @@
-//! Parsing of `#[websocket_subscriber(key = value, ...)]`.
+//! Parsing of `#[websocket_subscriber(key = value, ...)]`, and the key-parsing helpers that
+//! `#[websocket_route(...)]` (see `route_args`) shares with it.
 //!
 //! Syntax errors (a missing `=`, an unparsable value) stop the parse. Every other mistake (a bad
 //! value, an invalid channel, a repeated or unknown key, a forbidden combination) is recorded with
@@ -13,7 +14,8 @@ use syn::{Error, Expr, ExprLit, Ident, Lit, LitInt, LitStr, Path, Token};
 
 use crate::Errors;
 
-mod kw {
+pub(crate) mod kw {
+    syn::custom_keyword!(action);
     syn::custom_keyword!(channel);
     syn::custom_keyword!(channels);
     syn::custom_keyword!(priority);
@@ -60,7 +62,7 @@ pub(crate) struct Args {
 }
 
 /// A key that was given: its tokens, and its value unless the value was invalid.
-type Slot<K, V> = Option<(K, Option<V>)>;
+pub(crate) type Slot<K, V> = Option<(K, Option<V>)>;
 
 #[derive(Default)]
 struct Slots {
@@ -107,14 +109,11 @@ impl Parse for Args {
                 assign(input, &mut slots.krate, &mut errors, krate)?;
             } else if input.peek(Ident::peek_any) {
                 let key = input.call(Ident::parse_any)?;
-                let suggestion = closest_key(&key.unraw().to_string());
+                let suggestion = closest_key(&key.unraw().to_string(), KEYS);
                 misspelled_matcher_key |=
                     matches!(suggestion, Some("channel" | "channels" | "match"));
-                errors.push(unknown_key(&key, suggestion));
-                // Skip the value so that the keys after it are still checked.
-                if input.parse::<Option<Token![=]>>()?.is_some() {
-                    input.parse::<Expr>()?;
-                }
+                errors.push(unknown_key(&key, KEYS, suggestion));
+                skip_value(input)?;
             } else {
                 return Err(lookahead.error());
             }
@@ -154,15 +153,23 @@ impl Parse for Args {
     }
 }
 
+/// Skips the `= value` of an unknown key, so that the keys after it are still checked.
+pub(crate) fn skip_value(input: ParseStream<'_>) -> syn::Result<()> {
+    if input.parse::<Option<Token![=]>>()?.is_some() {
+        input.parse::<Expr>()?;
+    }
+    Ok(())
+}
+
 /// The value of a key that was given with a valid value.
-fn value<K, V>(slot: Slot<K, V>) -> Option<V> {
+pub(crate) fn value<K, V>(slot: Slot<K, V>) -> Option<V> {
     slot.and_then(|(_, value)| value)
 }
 
 /// Parses `key = value` into `slot`. The value is parsed as an expression (a syntax error is fatal)
 /// and then converted by `convert`, whose errors are recorded. A key given twice is an error on the
 /// second key.
-fn assign<K, V>(
+pub(crate) fn assign<K, V>(
     input: ParseStream<'_>,
     slot: &mut Slot<K, V>,
     errors: &mut Errors,
@@ -198,9 +205,10 @@ fn channel_and_channels(span: Span) -> Error {
     )
 }
 
-fn unknown_key(key: &Ident, suggestion: Option<&str>) -> Error {
+/// `unknown key ...`, listing the valid `keys`.
+pub(crate) fn unknown_key(key: &Ident, keys: &[&str], suggestion: Option<&str>) -> Error {
     let given = key.unraw().to_string();
-    let valid = KEYS
+    let valid = keys
         .iter()
         .map(|k| format!("`{k}`"))
         .collect::<Vec<_>>()
@@ -215,9 +223,9 @@ fn unknown_key(key: &Ident, suggestion: Option<&str>) -> Error {
     )
 }
 
-/// The valid key closest to `given`, if it is close enough to be a typo.
-fn closest_key(given: &str) -> Option<&'static str> {
-    KEYS.iter()
+/// The key of `keys` closest to `given`, if it is close enough to be a typo.
+pub(crate) fn closest_key(given: &str, keys: &[&'static str]) -> Option<&'static str> {
+    keys.iter()
         .map(|key| (edit_distance(given, key), *key))
         .filter(|(distance, key)| *distance <= (key.len() / 3).max(1))
         .min_by_key(|(distance, _)| *distance)
@@ -241,7 +249,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Looks through the invisible groups that `macro_rules!` wraps around `$x:expr` fragments.
-fn ungroup(expr: Expr) -> Expr {
+pub(crate) fn ungroup(expr: Expr) -> Expr {
     match expr {
         Expr::Group(group) => ungroup(*group.expr),
         expr => expr,
@@ -256,7 +264,7 @@ fn plain_path(expr: &Expr) -> Option<&Path> {
     }
 }
 
-fn string_literal(expr: &Expr) -> Option<&LitStr> {
+pub(crate) fn string_literal(expr: &Expr) -> Option<&LitStr> {
     match expr {
         Expr::Lit(ExprLit {
             lit: Lit::Str(lit), ..
@@ -506,7 +514,7 @@ fn integer(negative: bool, lit: &LitInt, expr: &Expr) -> syn::Result<i32> {
 }
 
 /// `name = "..."`: not empty.
-fn name(expr: Expr) -> syn::Result<LitStr> {
+pub(crate) fn name(expr: Expr) -> syn::Result<LitStr> {
     let expr = ungroup(expr);
     match string_literal(&expr) {
         Some(lit) if lit.value().trim().is_empty() => Err(Error::new(
@@ -522,7 +530,7 @@ fn name(expr: Expr) -> syn::Result<LitStr> {
 }
 
 /// `description = "..."`.
-fn description(expr: Expr) -> syn::Result<LitStr> {
+pub(crate) fn description(expr: Expr) -> syn::Result<LitStr> {
     let expr = ungroup(expr);
     match string_literal(&expr) {
         Some(lit) => Ok(lit.clone()),
@@ -535,7 +543,7 @@ fn description(expr: Expr) -> syn::Result<LitStr> {
 }
 
 /// `crate = "path::to::switchboard"` (a bare path is accepted too).
-fn krate(expr: Expr) -> syn::Result<Path> {
+pub(crate) fn krate(expr: Expr) -> syn::Result<Path> {
     let expr = ungroup(expr);
     if let Some(lit) = string_literal(&expr) {
         return lit.parse_with(Path::parse_mod_style).map_err(|_| {
@@ -754,12 +762,12 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(closest_key("chanel"), Some("channel"));
-        assert_eq!(closest_key("Channels"), Some("channels"));
-        assert_eq!(closest_key("prio"), None);
-        assert_eq!(closest_key("priorty"), Some("priority"));
-        assert_eq!(closest_key("matches"), None);
-        assert_eq!(closest_key("desc"), None);
-        assert_eq!(closest_key("krate"), Some("crate"));
+        assert_eq!(closest_key("chanel", KEYS), Some("channel"));
+        assert_eq!(closest_key("Channels", KEYS), Some("channels"));
+        assert_eq!(closest_key("prio", KEYS), None);
+        assert_eq!(closest_key("priorty", KEYS), Some("priority"));
+        assert_eq!(closest_key("matches", KEYS), None);
+        assert_eq!(closest_key("desc", KEYS), None);
+        assert_eq!(closest_key("krate", KEYS), Some("crate"));
     }
 }

@@ -1,21 +1,24 @@
-//! What kind of function can be a subscriber handler. Each unsupported shape gets its own error,
-//! spanned on the offending token; all of them are reported at once.
+//! What kind of function can be a subscriber handler or a client route handler. Each unsupported
+//! shape gets its own error, spanned on the offending token; all of them are reported at once.
 
 use quote::quote;
 use syn::{
     Error, FnArg, GenericArgument, Item, ItemFn, PathArguments, ReturnType, Type, TypeParamBound,
 };
 
-use crate::Errors;
+use crate::{Errors, Kind};
 
 /// The function under the attribute, or `None` (with an error) when the item is not a function.
-pub(crate) fn function<'a>(item: &'a Item, errors: &mut Errors) -> Option<&'a ItemFn> {
+pub(crate) fn function<'a>(kind: Kind, item: &'a Item, errors: &mut Errors) -> Option<&'a ItemFn> {
     if let Item::Fn(function) = item {
-        check_fn(function, errors);
+        check_fn(kind, function, errors);
         return Some(function);
     }
-    let message = "`#[websocket_subscriber]` goes on a function (`fn` or `async fn`) whose \
-                   arguments are extractors; it cannot be used on this item";
+    let message = format!(
+        "`#[{}]` goes on a function (`fn` or `async fn`) whose arguments are extractors; \
+         it cannot be used on this item",
+        kind.attribute()
+    );
     // Span the error on the item's keyword and name, e.g. `pub struct Foo`.
     macro_rules! head {
         ($item:ident, $token:ident) => {{
@@ -42,32 +45,37 @@ pub(crate) fn function<'a>(item: &'a Item, errors: &mut Errors) -> Option<&'a It
     None
 }
 
-fn check_fn(function: &ItemFn, errors: &mut Errors) {
+fn check_fn(kind: Kind, function: &ItemFn, errors: &mut Errors) {
     let sig = &function.sig;
+    let handler = kind.handler();
     if let Some(token) = &sig.constness {
         errors.push(Error::new_spanned(
             token,
-            "a subscriber handler cannot be a `const fn`: remove `const`",
+            format!("a {handler} cannot be a `const fn`: remove `const`"),
         ));
     }
     if let Some(token) = &sig.unsafety {
         errors.push(Error::new_spanned(
             token,
-            "a subscriber handler cannot be `unsafe`: remove `unsafe` \
-             (and use an `unsafe` block inside the function if you must)",
+            format!(
+                "a {handler} cannot be `unsafe`: remove `unsafe` \
+                 (and use an `unsafe` block inside the function if you must)"
+            ),
         ));
     }
     if let Some(abi) = &sig.abi {
         errors.push(Error::new_spanned(
             abi,
-            "a subscriber handler cannot have an `extern` ABI: remove it; \
-             the handler is called from Rust",
+            format!(
+                "a {handler} cannot have an `extern` ABI: remove it; \
+                 the handler is called from Rust"
+            ),
         ));
     }
     if let Some(variadic) = &sig.variadic {
         errors.push(Error::new_spanned(
             variadic,
-            "a subscriber handler cannot be variadic: every argument is an extractor",
+            format!("a {handler} cannot be variadic: every argument is an extractor"),
         ));
     }
     if !sig.generics.params.is_empty() {
@@ -75,37 +83,48 @@ fn check_fn(function: &ItemFn, errors: &mut Errors) {
         let (lt, params, gt) = (&generics.lt_token, &generics.params, &generics.gt_token);
         errors.push(Error::new_spanned(
             quote!(#lt #params #gt),
-            "a subscriber handler cannot have generic parameters: the attribute registers one \
-             concrete function, so use concrete types (take shared things as `State<T>`)",
+            format!(
+                "a {handler} cannot have generic parameters: the attribute registers one \
+                 concrete function, so use concrete types (take shared things as `State<T>`)"
+            ),
         ));
     }
     if let Some(where_clause) = &sig.generics.where_clause {
         errors.push(Error::new_spanned(
             where_clause,
-            "a subscriber handler cannot have a `where` clause: the attribute registers one \
-             concrete function, so use concrete types and remove the `where` clause",
+            format!(
+                "a {handler} cannot have a `where` clause: the attribute registers one \
+                 concrete function, so use concrete types and remove the `where` clause"
+            ),
         ));
     }
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(receiver) => errors.push(Error::new_spanned(
                 receiver,
-                "a subscriber handler is a free function and cannot take `self`: move it out of \
-                 the `impl` block, and take what it needs as extractors (e.g. `State<T>`)",
+                format!(
+                    "a {handler} is a free function and cannot take `self`: move it out of \
+                     the `impl` block, and take what it needs as extractors (e.g. `State<T>`)"
+                ),
             )),
             FnArg::Typed(arg) => {
                 if let Some(attr) = arg.attrs.first() {
                     errors.push(Error::new_spanned(
                         attr,
-                        "attributes on the arguments of a subscriber handler are not supported: \
-                         remove it",
+                        format!(
+                            "attributes on the arguments of a {handler} are not supported: \
+                             remove it"
+                        ),
                     ));
                 }
                 if let Type::ImplTrait(ty) = &*arg.ty {
                     errors.push(Error::new_spanned(
                         ty,
-                        "`impl Trait` makes the handler generic: use a concrete extractor type, \
-                         e.g. `Message<MyPayload>`, `Channel` or `State<MyState>`",
+                        format!(
+                            "`impl Trait` makes the handler generic: use a concrete extractor \
+                             type, e.g. {}",
+                            kind.extractor_examples()
+                        ),
                     ));
                 }
             }
@@ -115,19 +134,23 @@ fn check_fn(function: &ItemFn, errors: &mut Errors) {
         if let Some(boxed) = non_send_sync_box_error(ty) {
             errors.push(Error::new_spanned(
                 boxed,
-                "a handler's error must be `Send + Sync` to cross threads: write \
-                 `Box<dyn std::error::Error + Send + Sync>`, or return `switchboard::HandlerResult`",
+                format!(
+                    "a handler's error must be `Send + Sync` to cross threads: write \
+                     `Box<dyn std::error::Error + Send + Sync>`, or return {}",
+                    kind.boxed_result()
+                ),
             ));
         }
         if let Type::ImplTrait(ty) = &**ty {
+            let returns = kind.return_types();
             let fix = if sig.asyncness.is_some() {
-                "return `()` or `Result<(), E>`"
+                format!("return {returns}")
             } else {
-                "write `async fn` and return `()` or `Result<(), E>` instead of `impl Future`"
+                format!("write `async fn` and return {returns} instead of `impl Future`")
             };
             errors.push(Error::new_spanned(
                 ty,
-                format!("a subscriber handler cannot return `impl Trait`: {fix}"),
+                format!("a {handler} cannot return `impl Trait`: {fix}"),
             ));
         }
     }
@@ -175,7 +198,7 @@ mod tests {
     fn messages(item: proc_macro2::TokenStream) -> Vec<String> {
         let item: Item = syn::parse2(item).unwrap();
         let mut errors = Errors::default();
-        function(&item, &mut errors);
+        function(Kind::Subscriber, &item, &mut errors);
         match errors.into_result() {
             Ok(()) => Vec::new(),
             Err(error) => error.into_iter().map(|e| e.to_string()).collect(),

@@ -1,23 +1,52 @@
 //! Code generation: the user's function unchanged, then one `const _: () = { ... };` block that
 //! registers it. See the crate documentation for the shape of the block.
+//!
+//! [`expand`] and the wrapper/requirements generators are shared by both attributes; what differs
+//! (the runtime items named, the descriptor) comes from [`AttributeArgs`] and [`Runtime`].
 
 use proc_macro2::{Literal, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
+use syn::parse::Parse;
 use syn::{
-    Attribute, Expr, ExprLit, FnArg, Item, ItemFn, Lit, LitStr, Meta, ReturnType, Signature, Type,
+    Attribute, Expr, ExprLit, FnArg, Item, ItemFn, Lit, LitStr, Meta, Path, ReturnType, Signature,
+    Type,
 };
 
 use crate::args::{Args, Matcher};
-use crate::{check, Errors};
+use crate::{check, Errors, Kind};
 
-/// The whole expansion of `#[websocket_subscriber(args)] item`.
+/// The parsed arguments of one attribute, and what it generates for a validated function.
+pub(crate) trait AttributeArgs: Parse {
+    /// Which attribute this is.
+    const KIND: Kind;
+
+    /// The non-fatal errors found while parsing.
+    fn take_errors(&mut self) -> Errors;
+
+    /// The `const _: () = { ... };` block for a validated function.
+    fn registration(&self, function: &ItemFn) -> TokenStream;
+}
+
+impl AttributeArgs for Args {
+    const KIND: Kind = Kind::Subscriber;
+
+    fn take_errors(&mut self) -> Errors {
+        std::mem::take(&mut self.errors)
+    }
+
+    fn registration(&self, function: &ItemFn) -> TokenStream {
+        registration(self, function)
+    }
+}
+
+/// The whole expansion of `#[attribute(args)] item`.
 #[allow(clippy::needless_pass_by_value)] // mirrors the proc-macro entry point
-pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn expand<A: AttributeArgs>(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let args = match syn::parse2::<Args>(args) {
+    let args = match syn::parse2::<A>(args) {
         Ok(mut args) => {
-            errors.append(std::mem::take(&mut args.errors));
+            errors.append(args.take_errors());
             Some(args)
         }
         Err(error) => {
@@ -28,10 +57,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let parsed = errors.ok(syn::parse2::<Item>(item.clone()));
     let function = parsed
         .as_ref()
-        .and_then(|parsed| check::function(parsed, &mut errors));
+        .and_then(|parsed| check::function(A::KIND, parsed, &mut errors));
     match (args, function) {
         (Some(args), Some(function)) if errors.is_empty() => {
-            let registration = registration(&args, function);
+            let registration = args.registration(function);
             quote!(#item #registration)
         }
         // The function as written, beside the errors: no cascade of "cannot find function".
@@ -42,29 +71,71 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// The `const _: () = { ... };` block for a validated function.
-fn registration(args: &Args, function: &ItemFn) -> TokenStream {
-    let krate = args
-        .krate
-        .as_ref()
-        .map_or_else(|| quote!(::switchboard), ToTokens::to_token_stream);
-    let private = quote!(#krate::__private);
-    let (handler, types) = handler(&private, &function.sig);
-    let requirements = requirements(&private, &types);
-    let (assertions, matchers) = matchers(&private, &args.matchers);
+/// The runtime items that generated code names, under `<crate>`.
+pub(crate) struct Runtime {
+    /// `<crate>::__private`.
+    pub(crate) private: TokenStream,
+    /// What the wrapper takes: `Context` or `RouteContext`.
+    context: TokenStream,
+    /// What the wrapper returns: `HandlerFuture` or `RouteFuture`.
+    future: TokenStream,
+    /// `extract` or `extract_route`.
+    extract: TokenStream,
+    /// `finish` or `finish_route`.
+    finish: TokenStream,
+    /// `boxed` or `boxed_route`.
+    boxed: TokenStream,
+    /// The extractor trait: `FromContext` or `FromRoute`.
+    extractor: TokenStream,
+}
 
-    let unraw = function.sig.ident.unraw().to_string();
-    let name = match &args.name {
+impl Runtime {
+    /// The items for `kind`, under `krate` (by default `::switchboard`).
+    pub(crate) fn new(kind: Kind, krate: Option<&Path>) -> Self {
+        let krate = krate.map_or_else(|| quote!(::switchboard), ToTokens::to_token_stream);
+        let private = quote!(#krate::__private);
+        match kind {
+            Kind::Subscriber => Self {
+                context: quote!(#private::Context),
+                future: quote!(#private::HandlerFuture),
+                extract: quote!(#private::extract),
+                finish: quote!(#private::finish),
+                boxed: quote!(#private::boxed),
+                extractor: quote!(#private::FromContext),
+                private,
+            },
+            Kind::Route => Self {
+                context: quote!(#private::RouteContext),
+                future: quote!(#private::RouteFuture),
+                extract: quote!(#private::extract_route),
+                finish: quote!(#private::finish_route),
+                boxed: quote!(#private::boxed_route),
+                // Public API; `__private` does not re-export it.
+                extractor: quote!(#krate::__private::FromRoute),
+                private,
+            },
+        }
+    }
+}
+
+/// The `name = "..."` literal, or the function's name without `r#`.
+pub(crate) fn name_or_default(name: Option<&LitStr>, function: &ItemFn) -> LitStr {
+    match name {
         Some(name) => name.clone(),
-        None => LitStr::new(&unraw, Span::call_site()),
-    };
-    let description = match &args.description {
+        None => LitStr::new(&function.sig.ident.unraw().to_string(), Span::call_site()),
+    }
+}
+
+/// The `description = "..."` literal, or the function's doc comment.
+pub(crate) fn description_or_default(description: Option<&LitStr>, function: &ItemFn) -> LitStr {
+    match description {
         Some(description) => description.clone(),
         None => LitStr::new(&doc_comment(&function.attrs), Span::call_site()),
-    };
-    let priority = priority_tokens(args.priority);
-    let static_ident = format_ident!("__SWITCHBOARD_{}", unraw.to_uppercase());
+    }
+}
 
+/// The `#[allow]`s every generated `const _` block carries.
+pub(crate) fn block_attributes() -> TokenStream {
     quote! {
         #[doc(hidden)]
         #[allow(
@@ -75,6 +146,26 @@ fn registration(args: &Args, function: &ItemFn) -> TokenStream {
             clippy::all,
             clippy::pedantic
         )]
+    }
+}
+
+/// The `const _: () = { ... };` block for a validated subscriber.
+fn registration(args: &Args, function: &ItemFn) -> TokenStream {
+    let runtime = Runtime::new(Kind::Subscriber, args.krate.as_ref());
+    let private = &runtime.private;
+    let (handler, types) = handler(&runtime, &function.sig);
+    let requirements = requirements(&runtime, &types);
+    let (assertions, matchers) = matchers(private, &args.matchers);
+
+    let unraw = function.sig.ident.unraw().to_string();
+    let name = name_or_default(args.name.as_ref(), function);
+    let description = description_or_default(args.description.as_ref(), function);
+    let priority = priority_tokens(args.priority);
+    let static_ident = format_ident!("__SWITCHBOARD_{}", unraw.to_uppercase());
+    let attributes = block_attributes();
+
+    quote! {
+        #attributes
         const _: () = {
             #(#assertions)*
 
@@ -100,9 +191,15 @@ fn registration(args: &Args, function: &ItemFn) -> TokenStream {
     }
 }
 
-/// `fn __switchboard_handler(Context) -> HandlerFuture`, which extracts every argument, calls the
-/// function and maps its result; and the argument types.
-fn handler<'a>(private: &TokenStream, sig: &'a Signature) -> (TokenStream, Vec<&'a Type>) {
+/// `fn __switchboard_handler(Context) -> HandlerFuture` (or the route equivalent), which extracts
+/// every argument, calls the function and maps its result; and the argument types.
+pub(crate) fn handler<'a>(runtime: &Runtime, sig: &'a Signature) -> (TokenStream, Vec<&'a Type>) {
+    let Runtime {
+        private,
+        context,
+        future,
+        ..
+    } = runtime;
     // One extraction per argument, spanned at its type: `x: u32` is reported at `u32`.
     let mut extractions = Vec::new();
     let mut types = Vec::new();
@@ -113,7 +210,7 @@ fn handler<'a>(private: &TokenStream, sig: &'a Signature) -> (TokenStream, Vec<&
         };
         let ty = &*arg.ty;
         let var = format_ident!("__arg{}", index);
-        let extract = spanned_turbofish(&quote!(#private::extract), ty);
+        let extract = spanned_turbofish(&runtime.extract, ty);
         extractions.push(quote! {
             let #var: #ty = match #extract(&__cx) {
                 #private::Ok(__value) => __value,
@@ -131,14 +228,17 @@ fn handler<'a>(private: &TokenStream, sig: &'a Signature) -> (TokenStream, Vec<&
     }
     // `finish::<R>` spanned at the return type: `-> u32` is reported at `u32`.
     let finish = match &sig.output {
-        ReturnType::Default => quote!(#private::finish(#call)),
+        ReturnType::Default => {
+            let finish = &runtime.finish;
+            quote!(#finish(#call))
+        }
         ReturnType::Type(_, ty) => {
-            let finish = spanned_turbofish(&quote!(#private::finish), ty);
+            let finish = spanned_turbofish(&runtime.finish, ty);
             quote!(#finish(#call))
         }
     };
     // Spanned at the function's name: a future that is not `Send` is reported there.
-    let boxed = respan(quote!(#private::boxed), ident.span());
+    let boxed = respan(runtime.boxed.clone(), ident.span());
     let body = quote_spanned! {ident.span()=>
         #boxed(async move {
             #(#extractions)*
@@ -146,7 +246,7 @@ fn handler<'a>(private: &TokenStream, sig: &'a Signature) -> (TokenStream, Vec<&
         })
     };
     let handler = quote! {
-        fn __switchboard_handler(__cx: #private::Context) -> #private::HandlerFuture {
+        fn __switchboard_handler(__cx: #context) -> #future {
             #body
         }
     };
@@ -185,11 +285,14 @@ fn matchers(private: &TokenStream, matchers: &[Matcher]) -> (Vec<TokenStream>, V
     (assertions, specs)
 }
 
-/// The function that declares what the extractors need: `<T as FromContext>::requirements` for
-/// each argument type `T`. It goes through autoref specialization so that a type that is not an
-/// extractor is skipped here, silently: the handler already reports it, at the argument's type,
-/// and a second identical error would only be noise.
-fn requirements(private: &TokenStream, types: &[&Type]) -> TokenStream {
+/// The function that declares what the extractors need: `<T as FromContext>::requirements` (or
+/// `FromRoute`) for each argument type `T`. It goes through autoref specialization so that a type
+/// that is not an extractor is skipped here, silently: the handler already reports it, at the
+/// argument's type, and a second identical error would only be noise.
+pub(crate) fn requirements(runtime: &Runtime, types: &[&Type]) -> TokenStream {
+    let Runtime {
+        private, extractor, ..
+    } = runtime;
     if types.is_empty() {
         return quote! {
             fn __switchboard_requirements(_: &mut #private::Requirements) {}
@@ -202,9 +305,9 @@ fn requirements(private: &TokenStream, types: &[&Type]) -> TokenStream {
             fn __switchboard_require(&self, requirements: &mut #private::Requirements);
         }
 
-        impl<T: #private::FromContext> __SwitchboardExtractor for __SwitchboardArgument<T> {
+        impl<T: #extractor> __SwitchboardExtractor for __SwitchboardArgument<T> {
             fn __switchboard_require(&self, requirements: &mut #private::Requirements) {
-                <T as #private::FromContext>::requirements(requirements);
+                <T as #extractor>::requirements(requirements);
             }
         }
 
@@ -329,7 +432,7 @@ mod tests {
 
     #[test]
     fn expansion_shape() {
-        let output = expand(
+        let output = expand::<Args>(
             quote!(channel = "a"),
             quote!(
                 async fn f(Message(m): Message, c: Channel) -> HandlerResult {}
@@ -343,7 +446,7 @@ mod tests {
         assert!(output.contains("__arg1"), "{output}");
         assert!(!output.contains("compile_error"), "{output}");
 
-        let output = expand(
+        let output = expand::<Args>(
             quote!(priority = 1),
             quote!(
                 fn f() {}

@@ -1,5 +1,6 @@
-//! The `#[websocket_subscriber]` attribute of Switchboard. Use it through the `switchboard` crate,
-//! whose documentation of `switchboard::websocket_subscriber` is the user guide.
+//! The `#[websocket_subscriber]` and `#[websocket_route]` attributes of Switchboard. Use them
+//! through the `switchboard` crate, whose documentation of `switchboard::websocket_subscriber` and
+//! `switchboard::websocket_route` is the user guide.
 //!
 //! # How it works
 //!
@@ -18,17 +19,22 @@
 //! - the `Registration` descriptor, submitted through `__private::register!`, which picks
 //!   `inventory` or a `linkme` distributed slice.
 //!
-//! Generated code only names `<crate>::__private::...`, where `<crate>` is `::switchboard` or the
-//! `crate = "..."` override.
+//! `#[websocket_route]` generates the same shape with the route side of the runtime: a
+//! `fn(RouteContext) -> RouteFuture` built with `extract_route`, `finish_route` and `boxed_route`,
+//! the requirements of its `FromRoute` arguments, and a `RouteRegistration` submitted through
+//! `__private::register_route!`.
+//!
+//! Generated code names `<crate>::__private::...` (and `<crate>::FromRoute` for route
+//! requirements), where `<crate>` is `::switchboard` or the `crate = "..."` override.
 //!
 //! # Errors
 //!
-//! Every mistake the macro can see (keys, values, channel names, regexes, globs, the shape of the
-//! function) becomes a `compile_error!` spanned at the offending token; several are reported at
-//! once. The function is still emitted unchanged, so no "cannot find function" errors follow.
-//! Type errors (an argument that is not an extractor, a wrong return type, a predicate with the
-//! wrong signature, an invalid channel constant) are left to rustc, with spans chosen so they point
-//! at the user's tokens.
+//! Every mistake the macro can see (keys, values, channel names, regexes, globs, route types and
+//! actions, the shape of the function) becomes a `compile_error!` spanned at the offending token;
+//! several are reported at once. The function is still emitted unchanged, so no "cannot find
+//! function" errors follow. Type errors (an argument that is not an extractor, a wrong return type,
+//! a predicate with the wrong signature, an invalid channel constant) are left to rustc, with spans
+//! chosen so they point at the user's tokens.
 //!
 //! # Debugging
 //!
@@ -40,6 +46,8 @@ use proc_macro::TokenStream;
 mod args;
 mod check;
 mod expand;
+mod route_args;
+mod route_expand;
 
 /// Marks a function as a subscriber handler, registered at link time. See
 /// `switchboard::websocket_subscriber` for the keys and examples.
@@ -50,12 +58,89 @@ mod expand;
 /// ```
 #[proc_macro_attribute]
 pub fn websocket_subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
-    let output = expand::expand(args.into(), item.into());
+    debug(
+        Kind::Subscriber,
+        expand::expand::<args::Args>(args.into(), item.into()),
+    )
+}
+
+/// Marks a function as a client route handler for the frames `{"type": ..., "action": ...}`,
+/// registered at link time. See `switchboard::websocket_route` for the keys and examples.
+///
+/// ```text
+/// #[websocket_route(type = "chat", action = "send")]
+/// async fn send(client: Client, Data(message): Data<ChatMessage>) -> Result<Value, BoxError> { ... }
+/// ```
+#[proc_macro_attribute]
+pub fn websocket_route(args: TokenStream, item: TokenStream) -> TokenStream {
+    debug(
+        Kind::Route,
+        expand::expand::<route_args::RouteArgs>(args.into(), item.into()),
+    )
+}
+
+/// Prints the expansion when `SWITCHBOARD_MACROS_DEBUG=1`.
+fn debug(kind: Kind, output: proc_macro2::TokenStream) -> TokenStream {
     if std::env::var_os("SWITCHBOARD_MACROS_DEBUG").is_some_and(|v| v == "1") {
         // Maintainer aid only: the expansion, as rustc will see it.
-        eprintln!("---- #[websocket_subscriber] expansion ----\n{output}\n----");
+        eprintln!(
+            "---- #[{}] expansion ----\n{output}\n----",
+            kind.attribute()
+        );
     }
     output.into()
+}
+
+/// Which attribute is being expanded: the wording of its errors and the runtime items its code
+/// names.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    /// `#[websocket_subscriber]`.
+    Subscriber,
+    /// `#[websocket_route]`.
+    Route,
+}
+
+impl Kind {
+    /// The attribute's name.
+    pub(crate) fn attribute(self) -> &'static str {
+        match self {
+            Kind::Subscriber => "websocket_subscriber",
+            Kind::Route => "websocket_route",
+        }
+    }
+
+    /// What the function becomes, after "a".
+    pub(crate) fn handler(self) -> &'static str {
+        match self {
+            Kind::Subscriber => "subscriber handler",
+            Kind::Route => "route handler",
+        }
+    }
+
+    /// A few extractor types, for error messages.
+    pub(crate) fn extractor_examples(self) -> &'static str {
+        match self {
+            Kind::Subscriber => "`Message<MyPayload>`, `Channel` or `State<MyState>`",
+            Kind::Route => "`Data<MyPayload>`, `Client` or `State<MyState>`",
+        }
+    }
+
+    /// What the function may return, for error messages.
+    pub(crate) fn return_types(self) -> &'static str {
+        match self {
+            Kind::Subscriber => "`()` or `Result<(), E>`",
+            Kind::Route => "`()`, `Result<T, E>`, `Reply<T>` or a `serde_json::Value`",
+        }
+    }
+
+    /// The ready-made result type with a `Send + Sync` error, for error messages.
+    pub(crate) fn boxed_result(self) -> &'static str {
+        match self {
+            Kind::Subscriber => "`switchboard::HandlerResult`",
+            Kind::Route => "`Result<T, switchboard::BoxError>`",
+        }
+    }
 }
 
 /// Collects errors so that several are reported at once (`syn::Error::combine`).

@@ -307,6 +307,8 @@ pub struct RegexSubscription {
     pub pattern: String,
     /// False when the regex has no anchored literal prefix, so every channel must be received.
     pub narrowed: bool,
+    /// The anchored literal prefix (`analytics:` for `^analytics:`), empty when there is none.
+    pub prefix: String,
 }
 
 /// The Redis glob that receives every channel a regex can match: its anchored literal prefix
@@ -341,10 +343,12 @@ pub fn regex_subscription(regex: &str) -> Result<RegexSubscription, PatternError
         Ok(prefix) if !prefix.is_empty() => Ok(RegexSubscription {
             pattern: format!("{}*", glob::escape(&prefix)),
             narrowed: true,
+            prefix,
         }),
         _ => Ok(RegexSubscription {
             pattern: ANY_CHANNEL.to_owned(),
             narrowed: false,
+            prefix: String::new(),
         }),
     }
 }

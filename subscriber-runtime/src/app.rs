@@ -239,9 +239,7 @@ impl Builder {
                     Compiled::Pattern(p) => {
                         patterns.insert(p.to_string());
                     }
-                    Compiled::Regex(src) => {
-                        let sub = subscriber_patterns::regex_subscription(src)
-                            .expect("validated at build");
+                    Compiled::Regex(src, sub) => {
                         if !sub.narrowed {
                             tracing::warn!(
                                 handler = %e.info.name,
@@ -249,7 +247,7 @@ impl Builder {
                                 "regex has no anchored literal prefix (like `^analytics:`), so the worker subscribes to every channel (`*`) for it"
                             );
                         }
-                        patterns.insert(sub.pattern);
+                        patterns.insert(sub.pattern.clone());
                     }
                     Compiled::Predicate(_) => {}
                 }

@@ -78,6 +78,7 @@ pub mod __private {
     #[cfg(feature = "linkme")]
     pub use crate::registration::REGISTRATIONS;
     pub use crate::registration::{assert_channel, MatcherSpec, Registration, Requirements};
+    pub use crate::server::routes::FromRoute;
     #[cfg(feature = "linkme")]
     pub use crate::server::routes::ROUTES;
     pub use crate::server::routes::{

@@ -106,7 +106,8 @@ impl fmt::Display for MatcherKind {
 pub(crate) enum Compiled {
     Any,
     Channel(Arc<str>),
-    Regex(Arc<str>),
+    /// The source, and the Redis pattern and literal prefix that cover it.
+    Regex(Arc<str>, Arc<subscriber_patterns::RegexSubscription>),
     Pattern(Arc<str>),
     Predicate(PredicateFn),
 }
@@ -126,9 +127,11 @@ impl Compiled {
                 Self::Channel(c.clone())
             }
             MatcherKind::Regex(r) => {
-                // Syntax here; the router compiles every regex once, in one `RegexSet`.
+                // Syntax and reach here, with one parse; the router compiles it on first use.
                 subscriber_patterns::validate_regex(r).map_err(|e| invalid(kind, e.to_string()))?;
-                Self::Regex(r.clone())
+                let subscription = subscriber_patterns::regex_subscription(r)
+                    .map_err(|e| invalid(kind, e.to_string()))?;
+                Self::Regex(r.clone(), Arc::new(subscription))
             }
             MatcherKind::Pattern(p) => {
                 subscriber_patterns::glob::validate(p).map_err(|e| invalid(kind, e.to_string()))?;
@@ -144,7 +147,7 @@ impl fmt::Display for Compiled {
         match self {
             Self::Any => f.write_str("\"*\""),
             Self::Channel(c) => write!(f, "{c:?}"),
-            Self::Regex(r) => write!(f, "regex({r:?})"),
+            Self::Regex(r, _) => write!(f, "regex({r:?})"),
             Self::Pattern(p) => write!(f, "pattern({p:?})"),
             Self::Predicate(_) => f.write_str("predicate"),
         }

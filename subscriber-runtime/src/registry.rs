@@ -205,19 +205,21 @@ pub(crate) fn build(
     }
 
     // Deterministic order: priority (higher first), then name, then module path. Never link order.
-    candidates.sort_by(|a, b| {
-        b.info
-            .priority
-            .cmp(&a.info.priority)
-            .then_with(|| a.info.name.cmp(&b.info.name))
-            .then_with(|| {
-                a.info
-                    .location
-                    .module_path
-                    .cmp(&b.info.location.module_path)
-            })
-            .then_with(|| a.info.location.line.cmp(&b.info.location.line))
+    // Sorting indices keeps the (large) candidates in place.
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&candidates[a].info, &candidates[b].info);
+        b.priority
+            .cmp(&a.priority)
+            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a.location.module_path.cmp(&b.location.module_path))
+            .then_with(|| a.location.line.cmp(&b.location.line))
     });
+    let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+    let mut candidates: Vec<Candidate> = order
+        .into_iter()
+        .map(|i| slots[i].take().expect("each index once"))
+        .collect();
 
     // Duplicate names, reported with both places (looked up over all handlers, before `only`).
     let mut seen: HashMap<&str, &Location> = HashMap::new();

@@ -4,7 +4,7 @@
 //! channel and cached; predicates are evaluated per message, only for the handlers that have them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::BuildError;
 use crate::matcher::Compiled;
@@ -23,11 +23,39 @@ pub(crate) struct Candidate {
 /// a flood of one-off channel names cannot grow memory without bound.
 const CACHE_LIMIT: usize = 16_384;
 
+/// A regex matcher, compiled on first use: the first channel that starts with its anchored
+/// literal prefix (or any channel, without one). Routing results are cached per channel, so a
+/// regex runs once per distinct channel at most, and building a registry of thousands of
+/// handlers compiles nothing up front (the syntax was checked by the macro and at `build()`).
+struct LazyRegex {
+    src: Arc<str>,
+    prefix: String,
+    compiled: OnceLock<Option<regex::Regex>>,
+    owner: u32,
+}
+
+impl LazyRegex {
+    fn is_match(&self, channel: &str) -> bool {
+        if !channel.starts_with(&self.prefix) {
+            return false;
+        }
+        self.compiled
+            .get_or_init(|| match regex::Regex::new(&self.src) {
+                Ok(regex) => Some(regex),
+                Err(error) => {
+                    tracing::error!(regex = %self.src, %error, "regex matcher cannot be compiled; it matches nothing");
+                    None
+                }
+            })
+            .as_ref()
+            .is_some_and(|r| r.is_match(channel))
+    }
+}
+
 pub(crate) struct Router {
     exact: HashMap<Arc<str>, Vec<u32>>,
     wildcard: Vec<u32>,
-    regex_set: regex::RegexSet,
-    regex_owner: Vec<u32>,
+    regexes: Vec<LazyRegex>,
     globs: Vec<(Arc<str>, u32)>,
     predicated: Vec<u32>,
     cache: RwLock<HashMap<Arc<str>, Arc<[Candidate]>>>,
@@ -38,7 +66,6 @@ impl Router {
         let mut exact: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
         let mut wildcard = Vec::new();
         let mut regexes = Vec::new();
-        let mut regex_owner = Vec::new();
         let mut globs = Vec::new();
         let mut predicated = Vec::new();
         for (i, e) in entries.iter().enumerate() {
@@ -47,9 +74,13 @@ impl Router {
                 match m {
                     Compiled::Any => wildcard.push(i),
                     Compiled::Channel(c) => exact.entry(c.clone()).or_default().push(i),
-                    Compiled::Regex(src) => {
-                        regexes.push(src.to_string());
-                        regex_owner.push(i);
+                    Compiled::Regex(src, subscription) => {
+                        regexes.push(LazyRegex {
+                            src: src.clone(),
+                            prefix: subscription.prefix.clone(),
+                            compiled: OnceLock::new(),
+                            owner: i,
+                        });
                     }
                     Compiled::Pattern(p) => globs.push((p.clone(), i)),
                     Compiled::Predicate(_) => {}
@@ -59,30 +90,10 @@ impl Router {
                 predicated.push(i);
             }
         }
-        let regex_set = regex::RegexSet::new(&regexes).map_err(|error| {
-            // Name the culprit: compile them one by one (only on this error path).
-            let culprit = regexes
-                .iter()
-                .zip(&regex_owner)
-                .find_map(|(r, &owner)| regex::Regex::new(r).err().map(|e| (r, owner, e)));
-            match culprit {
-                Some((r, owner, e)) => BuildError::InvalidMatcher {
-                    handler: entries[owner as usize].info.name.to_string(),
-                    matcher: format!("regex({r:?})"),
-                    reason: e.to_string(),
-                },
-                None => BuildError::InvalidMatcher {
-                    handler: "<all regex matchers>".to_owned(),
-                    matcher: format!("{} regexes", regexes.len()),
-                    reason: error.to_string(),
-                },
-            }
-        })?;
         Ok(Self {
             exact,
             wildcard,
-            regex_set,
-            regex_owner,
+            regexes,
             globs,
             predicated,
             cache: RwLock::new(HashMap::new()),
@@ -117,14 +128,12 @@ impl Router {
             matched.extend(list);
         }
         matched.extend(&self.wildcard);
-        if !self.regex_owner.is_empty() {
-            matched.extend(
-                self.regex_set
-                    .matches(channel)
-                    .into_iter()
-                    .map(|i| self.regex_owner[i]),
-            );
-        }
+        matched.extend(
+            self.regexes
+                .iter()
+                .filter(|r| r.is_match(channel))
+                .map(|r| r.owner),
+        );
         matched.extend(
             self.globs
                 .iter()

@@ -76,6 +76,22 @@ pub(crate) struct Delivery {
     pub(crate) received_at: SystemTime,
 }
 
+impl Delivery {
+    /// A message received now on `channel`, from its parsed payload.
+    pub(crate) fn new(channel: Arc<str>, parsed: crate::envelope::Parsed, raw: Bytes) -> Self {
+        Self {
+            channel,
+            message: parsed.message,
+            raw,
+            stripped: parsed.stripped,
+            raw_stripped: OnceLock::new(),
+            worker_id: parsed.worker_id,
+            include_sender: parsed.include_sender,
+            received_at: SystemTime::now(),
+        }
+    }
+}
+
 /// Everything a handler can see: the message (channel, payload, envelope) and the application
 /// (state, publisher, WebSocket server). Cheap to clone.
 ///

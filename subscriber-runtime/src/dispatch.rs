@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -198,16 +198,7 @@ impl Dispatcher {
             .await
             .expect("the semaphore is never closed");
         let job = Job {
-            delivery: Arc::new(Delivery {
-                channel: channel.clone(),
-                message: parsed.message,
-                raw: payload,
-                stripped: parsed.stripped,
-                raw_stripped: OnceLock::new(),
-                worker_id: parsed.worker_id,
-                include_sender: parsed.include_sender,
-                received_at: SystemTime::now(),
-            }),
+            delivery: Arc::new(Delivery::new(channel.clone(), parsed, payload)),
             candidates,
             _pending: pending,
         };
@@ -325,16 +316,7 @@ impl Dispatcher {
         if candidates.is_empty() {
             return 0;
         }
-        let delivery = Arc::new(Delivery {
-            channel: channel.into(),
-            message: parsed.message,
-            raw: payload,
-            stripped: parsed.stripped,
-            raw_stripped: OnceLock::new(),
-            worker_id: parsed.worker_id,
-            include_sender: parsed.include_sender,
-            received_at: SystemTime::now(),
-        });
+        let delivery = Arc::new(Delivery::new(channel.into(), parsed, payload));
         self.run_candidates(&delivery, &candidates).await
     }
 

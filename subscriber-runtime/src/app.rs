@@ -298,7 +298,7 @@ impl Builder {
             counters.clone(),
             in_flight.clone(),
             self.observer,
-        )?;
+        );
         Ok(Switchboard {
             dispatcher: Arc::new(dispatcher),
             shared,

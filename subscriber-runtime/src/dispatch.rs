@@ -101,9 +101,9 @@ impl Dispatcher {
         counters: Arc<Counters>,
         in_flight: Arc<InFlight>,
         observer: Option<Observer>,
-    ) -> Result<Self, crate::error::BuildError> {
-        let router = Router::new(&entries)?;
-        Ok(Self {
+    ) -> Self {
+        let router = Router::new(&entries);
+        Self {
             entries,
             router,
             shared,
@@ -115,7 +115,7 @@ impl Dispatcher {
             observer,
             lanes: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
-        })
+        }
     }
 
     /// Reads the queue until `shutdown`, then waits up to `grace` for running handlers.

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use crate::error::BuildError;
 use crate::matcher::Compiled;
 use crate::registry::Entry;
 
@@ -62,7 +61,7 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub(crate) fn new(entries: &[Entry]) -> Result<Self, BuildError> {
+    pub(crate) fn new(entries: &[Entry]) -> Self {
         let mut exact: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
         let mut wildcard = Vec::new();
         let mut regexes = Vec::new();
@@ -90,14 +89,14 @@ impl Router {
                 predicated.push(i);
             }
         }
-        Ok(Self {
+        Self {
             exact,
             wildcard,
             regexes,
             globs,
             predicated,
             cache: RwLock::new(HashMap::new()),
-        })
+        }
     }
 
     /// The candidates for a channel, in priority order, each handler at most once.

@@ -12,7 +12,21 @@ use switchboard::{BuildError, Error, HandlerSource};
 // Link the crate whose handlers must be discovered too.
 use switchboard_test_handlers as _;
 
+/// What the `order` handlers ran, for the one test that publishes on `order` (tests run in
+/// parallel, so each test observes its own log).
 fn log() -> &'static Mutex<Vec<String>> {
+    static LOG: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    LOG.get_or_init(Mutex::default)
+}
+
+/// What the state handler saw.
+fn state_log() -> &'static Mutex<Vec<String>> {
+    static LOG: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    LOG.get_or_init(Mutex::default)
+}
+
+/// What the predicate handler saw.
+fn predicate_log() -> &'static Mutex<Vec<String>> {
     static LOG: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     LOG.get_or_init(Mutex::default)
 }
@@ -68,7 +82,7 @@ struct Db(&'static str);
 
 #[websocket_subscriber(channel = "db")]
 fn attr_needs_db(State(db): State<Db>) {
-    log().lock().unwrap().push(format!("db={}", db.0));
+    state_log().lock().unwrap().push(format!("db={}", db.0));
 }
 
 fn is_support_room(m: &MatchContext<'_>) -> bool {
@@ -77,7 +91,7 @@ fn is_support_room(m: &MatchContext<'_>) -> bool {
 
 #[websocket_subscriber(match = [is_support_room, regex("^support:"), "support-exact"])]
 fn attr_predicate(channel: Channel) {
-    log()
+    predicate_log()
         .lock()
         .unwrap()
         .push(format!("attr_predicate@{channel}"));
@@ -204,9 +218,8 @@ async fn attribute_state_and_missing_state() {
     )
     .await
     .unwrap();
-    log().lock().unwrap().clear();
     app.publish("db", &json!({})).await.unwrap();
-    assert!(log().lock().unwrap().contains(&"db=pool".to_owned()));
+    assert_eq!(*state_log().lock().unwrap(), ["db=pool"]);
 }
 
 #[tokio::test]
@@ -228,6 +241,14 @@ async fn attribute_matcher_array_with_predicate() {
             "{channel} {message}"
         );
     }
+    assert_eq!(
+        *predicate_log().lock().unwrap(),
+        [
+            "attr_predicate@custom",
+            "attr_predicate@support:tickets",
+            "attr_predicate@support-exact"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@
 //!
 //! # Debugging
 //!
-//! Set `SWITCHBOARD_MACROS_DEBUG=1` while compiling to print every expansion to stderr.
+//! Use `cargo expand` (the `cargo-expand` tool) to see what an attribute expands to.
 #![deny(missing_docs)]
 
 use proc_macro::TokenStream;
@@ -58,10 +58,7 @@ mod route_expand;
 /// ```
 #[proc_macro_attribute]
 pub fn websocket_subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
-    debug(
-        Kind::Subscriber,
-        expand::expand::<args::Args>(args.into(), item.into()),
-    )
+    expand::expand::<args::Args>(args.into(), item.into()).into()
 }
 
 /// Marks a function as a client route handler for the frames `{"type": ..., "action": ...}`,
@@ -73,22 +70,7 @@ pub fn websocket_subscriber(args: TokenStream, item: TokenStream) -> TokenStream
 /// ```
 #[proc_macro_attribute]
 pub fn websocket_route(args: TokenStream, item: TokenStream) -> TokenStream {
-    debug(
-        Kind::Route,
-        expand::expand::<route_args::RouteArgs>(args.into(), item.into()),
-    )
-}
-
-/// Prints the expansion when `SWITCHBOARD_MACROS_DEBUG=1`.
-fn debug(kind: Kind, output: proc_macro2::TokenStream) -> TokenStream {
-    if std::env::var_os("SWITCHBOARD_MACROS_DEBUG").is_some_and(|v| v == "1") {
-        // Maintainer aid only: the expansion, as rustc will see it.
-        eprintln!(
-            "---- #[{}] expansion ----\n{output}\n----",
-            kind.attribute()
-        );
-    }
-    output.into()
+    expand::expand::<route_args::RouteArgs>(args.into(), item.into()).into()
 }
 
 /// Which attribute is being expanded: the wording of its errors and the runtime items its code

@@ -1,0 +1,56 @@
+//! `Builder::broker_from_env` reads `REDIS_URL` / `REDIS_NAMESPACE`. Environment variables belong
+//! to the whole process, so this is its own test binary with a single test that sets them in turn.
+
+use switchboard::testing::MockRedis;
+use switchboard::{BrokerError, Error, Switchboard};
+
+fn broker_kind(app: &Switchboard) -> String {
+    // `Switchboard`'s Debug output names the broker kind.
+    let debug = format!("{app:?}");
+    let start = debug.find("broker: \"").expect("debug names the broker") + "broker: \"".len();
+    debug[start..].split('"').next().unwrap().to_owned()
+}
+
+fn builder() -> switchboard::Builder {
+    Switchboard::builder().without_linked_handlers()
+}
+
+#[tokio::test]
+async fn broker_from_env_picks_redis_or_the_in_process_broker() {
+    // Unset or blank: the in-process broker.
+    std::env::remove_var("REDIS_URL");
+    let app = builder().broker_from_env().unwrap().build().unwrap();
+    assert_eq!(broker_kind(&app), "memory");
+    std::env::set_var("REDIS_URL", "   ");
+    let app = builder().broker_from_env().unwrap().build().unwrap();
+    assert_eq!(broker_kind(&app), "memory");
+
+    // Not a Redis URL: a typed configuration error, before anything connects.
+    std::env::set_var("REDIS_URL", "http://example.invalid/");
+    match builder().broker_from_env() {
+        Err(Error::Broker(BrokerError::Config(reason))) => assert!(!reason.is_empty()),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+
+    // A Redis URL (here the mock), with a namespace: a Redis broker that really connects.
+    let redis = MockRedis::start().await;
+    std::env::set_var("REDIS_URL", redis.url());
+    std::env::set_var("REDIS_NAMESPACE", "envtest");
+    let app = builder()
+        .listen(["env:probe"])
+        .broker_from_env()
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(broker_kind(&app), "redis");
+    let running = app.start().await.unwrap();
+    running
+        .publisher()
+        .publish("env:probe", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert!(redis.published_count() >= 1);
+    running.shutdown().await;
+    std::env::remove_var("REDIS_URL");
+    std::env::remove_var("REDIS_NAMESPACE");
+}

@@ -44,6 +44,10 @@ pub const ANY_CHANNEL: &str = "*";
 /// # Errors
 /// A [`PatternError`] saying what is wrong and how to fix it.
 pub fn validate_channel(channel: &str) -> Result<(), PatternError> {
+    // Fast path: printable ASCII without spaces, what nearly every channel name is.
+    if !channel.is_empty() && channel.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
     if channel.is_empty() {
         return Err(PatternError::new(
             "channel name is empty: give the Redis channel name, e.g. \"queueJobCompleted\", or \"*\" for every channel",
@@ -300,6 +304,47 @@ pub fn validate_regex(regex: &str) -> Result<(), PatternError> {
     Ok(())
 }
 
+/// Checks a regex as [`validate_regex`] does and, when it is valid, says how it is subscribed as
+/// [`regex_subscription`] does, with one parse instead of two. A regex that is `^` followed by
+/// plain literal characters (`^analytics:`, the common case) is not parsed at all: its literal
+/// prefix is the text after `^`.
+///
+/// # Errors
+/// The error [`validate_regex`] returns.
+pub fn analyze_regex(regex: &str) -> Result<RegexSubscription, PatternError> {
+    if let Some(literal) = plain_anchored_literal(regex) {
+        return Ok(RegexSubscription {
+            pattern: format!("{}*", glob::escape(literal)),
+            narrowed: true,
+            prefix: literal.to_owned(),
+        });
+    }
+    let hir = regex_syntax::Parser::new()
+        .parse(regex)
+        .map_err(|e| PatternError::new(format!("invalid regex: {e}")))?;
+    if hir.properties().maximum_len() == Some(0) {
+        return Err(PatternError::new(format!(
+            "regex {regex:?} can only match an empty channel name, so the handler could never run: fix the regex"
+        )));
+    }
+    Ok(subscription_of(&hir))
+}
+
+/// The literal after `^` when the regex is exactly `^` and one or more characters that are
+/// literal everywhere in a regex (ASCII letters, digits and a few punctuation marks): what
+/// `regex_syntax` parses into an anchored literal, whose prefix is that literal.
+fn plain_anchored_literal(regex: &str) -> Option<&str> {
+    let literal = regex.strip_prefix('^')?;
+    let plain = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b':' | b'_' | b'-' | b'/' | b'@' | b'!' | b'%' | b',' | b';' | b'=' | b'<' | b'>'
+            )
+    };
+    (!literal.is_empty() && literal.bytes().all(plain)).then_some(literal)
+}
+
 /// How a regex matcher is subscribed on Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegexSubscription {
@@ -317,13 +362,17 @@ pub struct RegexSubscription {
 /// # Errors
 /// A [`PatternError`] when the regex does not parse.
 pub fn regex_subscription(regex: &str) -> Result<RegexSubscription, PatternError> {
-    use regex_syntax::hir::{HirKind, Look};
     let hir = regex_syntax::Parser::new()
         .parse(regex)
         .map_err(|e| PatternError::new(format!("invalid regex: {e}")))?;
+    Ok(subscription_of(&hir))
+}
+
+fn subscription_of(hir: &regex_syntax::hir::Hir) -> RegexSubscription {
+    use regex_syntax::hir::{HirKind, Look};
     let parts: Vec<&regex_syntax::hir::Hir> = match hir.kind() {
         HirKind::Concat(parts) => parts.iter().collect(),
-        _ => vec![&hir],
+        _ => vec![hir],
     };
     let mut iter = parts.into_iter();
     let anchored = matches!(
@@ -340,16 +389,16 @@ pub fn regex_subscription(regex: &str) -> Result<RegexSubscription, PatternError
         }
     }
     match String::from_utf8(prefix) {
-        Ok(prefix) if !prefix.is_empty() => Ok(RegexSubscription {
+        Ok(prefix) if !prefix.is_empty() => RegexSubscription {
             pattern: format!("{}*", glob::escape(&prefix)),
             narrowed: true,
             prefix,
-        }),
-        _ => Ok(RegexSubscription {
+        },
+        _ => RegexSubscription {
             pattern: ANY_CHANNEL.to_owned(),
             narrowed: false,
             prefix: String::new(),
-        }),
+        },
     }
 }
 
@@ -429,5 +478,53 @@ mod tests {
         assert!(regex_subscription("(").is_err());
         assert!(validate_regex("^$").is_err());
         assert!(validate_regex("^queue").is_ok());
+    }
+
+    #[test]
+    fn analyze_agrees_with_validate_and_subscription() {
+        for regex in [
+            "^analytics:",
+            "^r12:",
+            "^a-b/c@d!e%f,g;h=i<j>k",
+            "^a\\*b.*",
+            "analytics",
+            "^(a|b)x",
+            "^queue",
+            "^",
+            "^$",
+            "(",
+            "^a b",
+            "^é:",
+            "^[ab]",
+            "^a#b",
+        ] {
+            let analyzed = analyze_regex(regex);
+            match validate_regex(regex) {
+                Err(e) => assert_eq!(analyzed, Err(e), "{regex:?}"),
+                Ok(()) => assert_eq!(analyzed, regex_subscription(regex), "{regex:?}"),
+            }
+        }
+        assert!(plain_anchored_literal("^r12:").is_some());
+        assert!(plain_anchored_literal("^r.2").is_none());
+    }
+
+    #[test]
+    fn channel_fast_path_agrees() {
+        for channel in [
+            "",
+            "a",
+            "ch:1",
+            "a b",
+            "a\tb",
+            "é",
+            "a\u{7f}",
+            "~!@#$%^&*()_+",
+        ] {
+            let slow = channel
+                .chars()
+                .all(|c| !c.is_whitespace() && !c.is_control())
+                && !channel.is_empty();
+            assert_eq!(validate_channel(channel).is_ok(), slow, "{channel:?}");
+        }
     }
 }

@@ -222,23 +222,19 @@ impl Builder {
             .into();
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
 
-        let mut channels: BTreeSet<String> = self.listen;
+        // What to subscribe to, borrowed from the handlers: only the channels that no pattern
+        // covers are copied, by `Subscriptions`.
+        let mut channels: Vec<&str> = self.listen.iter().map(String::as_str).collect();
         if self.framework_channels {
-            channels.extend(crate::event::ALL.iter().map(|c| (*c).to_owned()));
+            channels.extend(crate::event::ALL.iter().copied());
         }
-        let mut patterns = BTreeSet::new();
+        let mut patterns: Vec<&str> = Vec::new();
         for e in &entries {
             for m in &e.matchers {
                 match m {
-                    Compiled::Any => {
-                        patterns.insert(subscriber_patterns::ANY_CHANNEL.to_owned());
-                    }
-                    Compiled::Channel(c) => {
-                        channels.insert(c.to_string());
-                    }
-                    Compiled::Pattern(p) => {
-                        patterns.insert(p.to_string());
-                    }
+                    Compiled::Any => patterns.push(subscriber_patterns::ANY_CHANNEL),
+                    Compiled::Channel(c) => channels.push(c),
+                    Compiled::Pattern(p) => patterns.push(p),
                     Compiled::Regex(src, sub) => {
                         if !sub.narrowed {
                             tracing::warn!(
@@ -247,23 +243,25 @@ impl Builder {
                                 "regex has no anchored literal prefix (like `^analytics:`), so the worker subscribes to every channel (`*`) for it"
                             );
                         }
-                        patterns.insert(sub.pattern.clone());
+                        patterns.push(&sub.pattern);
                     }
                     Compiled::Predicate(_) => {}
                 }
             }
         }
-        let subscriptions = Subscriptions::new(channels, patterns);
-        for e in &entries {
-            let predicate_only = e
-                .matchers
-                .iter()
-                .all(|m| matches!(m, Compiled::Predicate(_)));
-            if predicate_only && subscriptions.is_empty() {
-                tracing::warn!(
-                    handler = %e.info.name,
-                    "subscriber handler can never fire: it has only predicates and the worker subscribes to no channel; add a channel, or `.listen([...])` on the builder"
-                );
+        let subscriptions = Subscriptions::plan(channels, patterns);
+        if subscriptions.is_empty() {
+            for e in &entries {
+                let predicate_only = e
+                    .matchers
+                    .iter()
+                    .all(|m| matches!(m, Compiled::Predicate(_)));
+                if predicate_only {
+                    tracing::warn!(
+                        handler = %e.info.name,
+                        "subscriber handler can never fire: it has only predicates and the worker subscribes to no channel; add a channel, or `.listen([...])` on the builder"
+                    );
+                }
             }
         }
         registry::log_table(&entries, &worker_id);
@@ -370,7 +368,7 @@ impl Switchboard {
         self.dispatcher
             .entries
             .iter()
-            .map(|e| e.info.clone())
+            .map(crate::registry::Entry::handler_info)
             .collect()
     }
 

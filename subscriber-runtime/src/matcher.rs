@@ -112,32 +112,49 @@ pub(crate) enum Compiled {
     Predicate(PredicateFn),
 }
 
+/// The analysis of each distinct regex source seen by one `build()`, so that a regex shared by
+/// several handlers is parsed once.
+pub(crate) type RegexCache =
+    std::collections::HashMap<Arc<str>, Arc<subscriber_patterns::RegexSubscription>>;
+
 impl Compiled {
-    pub(crate) fn compile(kind: &MatcherKind, handler: &str) -> Result<Self, BuildError> {
+    pub(crate) fn compile(
+        kind: MatcherKind,
+        handler: &str,
+        regexes: &mut RegexCache,
+    ) -> Result<Self, BuildError> {
         let invalid = |matcher: &MatcherKind, reason: String| BuildError::InvalidMatcher {
             handler: handler.to_owned(),
             matcher: matcher.to_string(),
             reason,
         };
         Ok(match kind {
-            MatcherKind::Channel(c) if &**c == subscriber_patterns::ANY_CHANNEL => Self::Any,
-            MatcherKind::Channel(c) => {
-                subscriber_patterns::validate_channel(c)
-                    .map_err(|e| invalid(kind, e.to_string()))?;
-                Self::Channel(c.clone())
-            }
+            MatcherKind::Channel(c) if &*c == subscriber_patterns::ANY_CHANNEL => Self::Any,
+            MatcherKind::Channel(c) => match subscriber_patterns::validate_channel(&c) {
+                Ok(()) => Self::Channel(c),
+                Err(e) => return Err(invalid(&MatcherKind::Channel(c), e.to_string())),
+            },
             MatcherKind::Regex(r) => {
-                // Syntax and reach here, with one parse; the router compiles it on first use.
-                subscriber_patterns::validate_regex(r).map_err(|e| invalid(kind, e.to_string()))?;
-                let subscription = subscriber_patterns::regex_subscription(r)
-                    .map_err(|e| invalid(kind, e.to_string()))?;
-                Self::Regex(r.clone(), Arc::new(subscription))
+                // Syntax and reach here, with at most one parse per distinct regex; the router
+                // compiles it on first use.
+                let subscription = match regexes.get(&r) {
+                    Some(known) => known.clone(),
+                    None => match subscriber_patterns::analyze_regex(&r) {
+                        Ok(analyzed) => {
+                            let analyzed = Arc::new(analyzed);
+                            regexes.insert(r.clone(), analyzed.clone());
+                            analyzed
+                        }
+                        Err(e) => return Err(invalid(&MatcherKind::Regex(r), e.to_string())),
+                    },
+                };
+                Self::Regex(r, subscription)
             }
-            MatcherKind::Pattern(p) => {
-                subscriber_patterns::glob::validate(p).map_err(|e| invalid(kind, e.to_string()))?;
-                Self::Pattern(p.clone())
-            }
-            MatcherKind::Predicate(f) => Self::Predicate(f.clone()),
+            MatcherKind::Pattern(p) => match subscriber_patterns::glob::validate(&p) {
+                Ok(()) => Self::Pattern(p),
+                Err(e) => return Err(invalid(&MatcherKind::Pattern(p), e.to_string())),
+            },
+            MatcherKind::Predicate(f) => Self::Predicate(f),
         })
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::context::{Context, StateMap};
 use crate::error::{BuildError, Location};
 use crate::handler::HandlerFuture;
-use crate::matcher::{Compiled, MatcherKind};
+use crate::matcher::{Compiled, MatcherKind, RegexCache};
 use crate::registration::{self, MatcherSpec, Registration, Requirements};
 use crate::subscriber::{DynCall, InlineSubscriber};
 
@@ -77,6 +77,31 @@ impl fmt::Display for HandlerInfo {
     }
 }
 
+/// What the registry keeps about a handler for logs, errors and [`HandlerInfo`]. Everything an
+/// attributed handler's descriptor holds is `'static` and borrowed as it is, so collecting a
+/// handler allocates nothing here; the display strings of [`HandlerInfo`] (matchers, location)
+/// are made only when asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) description: Cow<'static, str>,
+    pub(crate) priority: i32,
+    pub(crate) module_path: &'static str,
+    pub(crate) file: &'static str,
+    pub(crate) line: u32,
+    pub(crate) source: HandlerSource,
+}
+
+impl Meta {
+    pub(crate) fn location(&self) -> Location {
+        Location {
+            module_path: self.module_path.to_owned(),
+            file: self.file.to_owned(),
+            line: self.line,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) enum Call {
     Static(fn(Context) -> HandlerFuture),
@@ -94,13 +119,25 @@ impl Call {
 
 /// One handler, ready to dispatch to.
 pub(crate) struct Entry {
-    pub(crate) info: HandlerInfo,
+    pub(crate) info: Meta,
     pub(crate) call: Call,
     pub(crate) matchers: Vec<Compiled>,
     pub(crate) timeout: Option<Duration>,
 }
 
 impl Entry {
+    /// What the startup table and `handlers()` show about this handler.
+    pub(crate) fn handler_info(&self) -> HandlerInfo {
+        HandlerInfo {
+            name: self.info.name.clone(),
+            description: self.info.description.clone(),
+            priority: self.info.priority,
+            matchers: self.matchers.iter().map(ToString::to_string).collect(),
+            location: self.info.location(),
+            source: self.info.source,
+        }
+    }
+
     pub(crate) fn has_predicate(&self) -> bool {
         self.matchers
             .iter()
@@ -109,7 +146,7 @@ impl Entry {
 }
 
 struct Candidate {
-    info: HandlerInfo,
+    info: Meta,
     call: Call,
     kinds: Vec<MatcherKind>,
     timeout: Option<Duration>,
@@ -130,16 +167,13 @@ fn from_registration(r: &'static Registration) -> Candidate {
     let mut requirements = Requirements::default();
     (r.requirements)(&mut requirements);
     Candidate {
-        info: HandlerInfo {
+        info: Meta {
             name: Cow::Borrowed(r.name),
             description: Cow::Borrowed(r.description),
             priority: r.priority,
-            matchers: kinds.iter().map(ToString::to_string).collect(),
-            location: Location {
-                module_path: r.module_path.to_owned(),
-                file: r.file.to_owned(),
-                line: r.line,
-            },
+            module_path: r.module_path,
+            file: r.file,
+            line: r.line,
             source: HandlerSource::Attribute,
         },
         call: Call::Static(r.handler),
@@ -156,16 +190,13 @@ fn from_inline(s: InlineSubscriber, index: usize) -> Result<Candidate, BuildErro
     }
     let kinds: Vec<MatcherKind> = s.spec.matchers.into_iter().map(|m| m.0).collect();
     Ok(Candidate {
-        info: HandlerInfo {
+        info: Meta {
             name: Cow::Owned(name),
             description: Cow::Owned(s.spec.description),
             priority: s.spec.priority,
-            matchers: kinds.iter().map(ToString::to_string).collect(),
-            location: Location {
-                module_path: "<inline>".to_owned(),
-                file: String::new(),
-                line: 0,
-            },
+            module_path: "<inline>",
+            file: "",
+            line: 0,
             source: HandlerSource::Inline,
         },
         call: Call::Dyn(s.call),
@@ -192,40 +223,46 @@ pub(crate) fn build(
     states: &StateMap,
     options: RegistryOptions,
 ) -> Result<Vec<Entry>, BuildError> {
-    let mut candidates: Vec<Candidate> = if options.without_linked {
+    let linked = if options.without_linked {
         Vec::new()
     } else {
         registration::linked()
-            .into_iter()
-            .map(from_registration)
-            .collect()
     };
+    let mut candidates: Vec<Candidate> = Vec::with_capacity(linked.len() + inline.len());
+    candidates.extend(linked.into_iter().map(from_registration));
     for (i, s) in inline.into_iter().enumerate() {
         candidates.push(from_inline(s, i)?);
     }
 
     // Deterministic order: priority (higher first), then name, then module path. Never link order.
-    // Sorting indices keeps the (large) candidates in place.
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&candidates[a].info, &candidates[b].info);
-        b.priority
-            .cmp(&a.priority)
-            .then_with(|| a.name.cmp(&b.name))
-            .then_with(|| a.location.module_path.cmp(&b.location.module_path))
-            .then_with(|| a.location.line.cmp(&b.location.line))
+    // Sorting small keys keeps the (large) candidates in place; the first eight bytes of the name
+    // decide most comparisons without reading the name. Handlers equal in all four keys share
+    // their name, which is an error below, so an unstable sort orders them all the same.
+    let mut order: Vec<(i32, u64, usize)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.info.priority, name_prefix(&c.info.name), i))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then_with(|| {
+            let (a, b) = (&candidates[a.2].info, &candidates[b.2].info);
+            a.name
+                .cmp(&b.name)
+                .then_with(|| a.module_path.cmp(b.module_path))
+                .then_with(|| a.line.cmp(&b.line))
+        })
     });
     let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
     let mut candidates: Vec<Candidate> = order
         .into_iter()
-        .map(|i| slots[i].take().expect("each index once"))
+        .map(|(_, _, i)| slots[i].take().expect("each index once"))
         .collect();
 
     // Duplicate names, reported with both places (looked up over all handlers, before `only`).
-    let mut seen: HashMap<&str, &Location> = HashMap::new();
+    let mut seen: HashMap<&str, &Meta> = HashMap::with_capacity(candidates.len());
     for c in &candidates {
-        if let Some(first) = seen.insert(&c.info.name, &c.info.location) {
-            let (first, second) = order_locations(first, &c.info.location);
+        if let Some(first) = seen.insert(&c.info.name, &c.info) {
+            let (first, second) = order_locations(first.location(), c.info.location());
             return Err(BuildError::DuplicateName {
                 name: c.info.name.to_string(),
                 first: Box::new(first),
@@ -233,6 +270,7 @@ pub(crate) fn build(
             });
         }
     }
+    drop(seen);
 
     if let Some(only) = &options.only {
         for name in only {
@@ -249,6 +287,7 @@ pub(crate) fn build(
     }
 
     let mut entries = Vec::with_capacity(candidates.len());
+    let mut regexes = RegexCache::new();
     for c in candidates {
         if c.kinds.is_empty() {
             return Err(BuildError::NoMatchers {
@@ -265,14 +304,18 @@ pub(crate) fn build(
         }
         let matchers = c
             .kinds
-            .iter()
-            .map(|k| Compiled::compile(k, &c.info.name))
+            .into_iter()
+            .map(|k| Compiled::compile(k, &c.info.name, &mut regexes))
             .collect::<Result<Vec<_>, _>>()?;
-        let timeout = options
-            .timeouts
-            .get(c.info.name.as_ref())
-            .copied()
-            .or(c.timeout);
+        let timeout = if options.timeouts.is_empty() {
+            c.timeout
+        } else {
+            options
+                .timeouts
+                .get(c.info.name.as_ref())
+                .copied()
+                .or(c.timeout)
+        };
         entries.push(Entry {
             info: c.info,
             call: c.call,
@@ -283,24 +326,50 @@ pub(crate) fn build(
     Ok(entries)
 }
 
-fn order_locations(a: &Location, b: &Location) -> (Location, Location) {
+/// The first eight bytes of a name, zero-padded, as a big-endian number: when two of these differ
+/// they order the names as the names themselves do (a shorter name pads with the lowest byte).
+fn name_prefix(name: &str) -> u64 {
+    let mut bytes = [0_u8; 8];
+    let n = name.len().min(8);
+    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    u64::from_be_bytes(bytes)
+}
+
+fn order_locations(a: Location, b: Location) -> (Location, Location) {
     let key = |l: &Location| (l.file.clone(), l.line, l.module_path.clone());
-    if key(a) <= key(b) {
-        (a.clone(), b.clone())
+    if key(&a) <= key(&b) {
+        (a, b)
     } else {
-        (b.clone(), a.clone())
+        (b, a)
     }
 }
 
-/// Logs the startup table, one line per handler, at info level.
+/// Logs the startup table, one line per handler, at info level. The lines are formatted here,
+/// only when the log is enabled (the same text as [`HandlerInfo`]'s `Display`).
 pub(crate) fn log_table(entries: &[Entry], worker_id: &str) {
+    use std::fmt::Write as _;
     if !tracing::enabled!(tracing::Level::INFO) {
         return;
     }
     let mut table = String::new();
+    let mut matchers = String::new();
     for e in entries {
-        table.push_str("\n  ");
-        table.push_str(&e.info.to_string());
+        matchers.clear();
+        for (i, m) in e.matchers.iter().enumerate() {
+            if i > 0 {
+                matchers.push_str(" | ");
+            }
+            let _ = write!(matchers, "{m}");
+        }
+        let location = LocationDisplay(&e.info);
+        let _ = write!(
+            table,
+            "\n  {:>6}  {:<28} {:<40} {}",
+            e.info.priority, e.info.name, matchers, location
+        );
+        if !e.info.description.is_empty() {
+            let _ = write!(table, "  -- {}", e.info.description);
+        }
     }
     tracing::info!(
         worker_id,
@@ -308,4 +377,50 @@ pub(crate) fn log_table(entries: &[Entry], worker_id: &str) {
         backend = registration::BACKEND,
         "subscriber handlers (priority, name, matchers, location):{table}"
     );
+}
+
+/// A [`Meta`]'s location, displayed as [`Location`] is, without making one.
+struct LocationDisplay<'a>(&'a Meta);
+
+impl fmt::Display for LocationDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        if m.line == 0 {
+            write!(f, "{} (inline subscriber)", m.module_path)
+        } else {
+            write!(f, "{}:{} ({})", m.file, m.line, m.module_path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_prefix;
+
+    #[test]
+    fn name_prefixes_order_as_names() {
+        let names = [
+            "",
+            "a",
+            "a\0",
+            "a\0b",
+            "ab",
+            "abcdefgh",
+            "abcdefgh0",
+            "abcdefgi",
+            "b",
+            "h10",
+            "h9",
+            "é",
+            "zzzzzzzzzzzz",
+        ];
+        for a in names {
+            for b in names {
+                let (pa, pb) = (name_prefix(a), name_prefix(b));
+                if pa != pb {
+                    assert_eq!(pa.cmp(&pb), a.cmp(b), "{a:?} {b:?}");
+                }
+            }
+        }
+    }
 }

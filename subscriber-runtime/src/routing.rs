@@ -3,6 +3,7 @@
 //! The channel-based part (exact names, `"*"`, regexes, globs) is computed once per distinct
 //! channel and cached; predicates are evaluated per message, only for the handlers that have them.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -28,14 +29,14 @@ const CACHE_LIMIT: usize = 16_384;
 /// handlers compiles nothing up front (the syntax was checked by the macro and at `build()`).
 struct LazyRegex {
     src: Arc<str>,
-    prefix: String,
+    subscription: Arc<subscriber_patterns::RegexSubscription>,
     compiled: OnceLock<Option<regex::Regex>>,
     owner: u32,
 }
 
 impl LazyRegex {
     fn is_match(&self, channel: &str) -> bool {
-        if !channel.starts_with(&self.prefix) {
+        if !channel.starts_with(&self.subscription.prefix) {
             return false;
         }
         self.compiled
@@ -51,8 +52,30 @@ impl LazyRegex {
     }
 }
 
+/// The handlers of one exact channel: nearly always one, kept without an allocation.
+enum Handlers {
+    One([u32; 1]),
+    Many(Vec<u32>),
+}
+
+impl Handlers {
+    fn push(&mut self, handler: u32) {
+        match self {
+            Self::One([first]) => *self = Self::Many(vec![*first, handler]),
+            Self::Many(list) => list.push(handler),
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Self::One(one) => one,
+            Self::Many(list) => list,
+        }
+    }
+}
+
 pub(crate) struct Router {
-    exact: HashMap<Arc<str>, Vec<u32>>,
+    exact: HashMap<Arc<str>, Handlers>,
     wildcard: Vec<u32>,
     regexes: Vec<LazyRegex>,
     globs: Vec<(Arc<str>, u32)>,
@@ -62,7 +85,12 @@ pub(crate) struct Router {
 
 impl Router {
     pub(crate) fn new(entries: &[Entry]) -> Self {
-        let mut exact: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
+        let channels = entries
+            .iter()
+            .flat_map(|e| &e.matchers)
+            .filter(|m| matches!(m, Compiled::Channel(_)))
+            .count();
+        let mut exact: HashMap<Arc<str>, Handlers> = HashMap::with_capacity(channels);
         let mut wildcard = Vec::new();
         let mut regexes = Vec::new();
         let mut globs = Vec::new();
@@ -72,11 +100,16 @@ impl Router {
             for m in &e.matchers {
                 match m {
                     Compiled::Any => wildcard.push(i),
-                    Compiled::Channel(c) => exact.entry(c.clone()).or_default().push(i),
+                    Compiled::Channel(c) => match exact.entry(c.clone()) {
+                        Slot::Occupied(mut list) => list.get_mut().push(i),
+                        Slot::Vacant(slot) => {
+                            slot.insert(Handlers::One([i]));
+                        }
+                    },
                     Compiled::Regex(src, subscription) => {
                         regexes.push(LazyRegex {
                             src: src.clone(),
-                            prefix: subscription.prefix.clone(),
+                            subscription: subscription.clone(),
                             compiled: OnceLock::new(),
                             owner: i,
                         });
@@ -124,7 +157,7 @@ impl Router {
     fn compute(&self, channel: &str) -> Vec<Candidate> {
         let mut matched: Vec<u32> = Vec::new();
         if let Some(list) = self.exact.get(channel) {
-            matched.extend(list);
+            matched.extend(list.as_slice());
         }
         matched.extend(&self.wildcard);
         matched.extend(

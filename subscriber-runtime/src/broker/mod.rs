@@ -55,6 +55,8 @@ pub struct Subscriptions {
     patterns: BTreeSet<String>,
     /// The literal prefixes of the patterns that are exactly `<literal>*` (`""` for `*`).
     prefixes: HashSet<String>,
+    /// The distinct lengths of those prefixes, ascending.
+    prefix_lens: Vec<usize>,
     /// The other patterns, tested one by one.
     complex: Vec<String>,
 }
@@ -75,25 +77,40 @@ impl Subscriptions {
         channels: impl IntoIterator<Item = String>,
         patterns: impl IntoIterator<Item = String>,
     ) -> Self {
-        let all: BTreeSet<String> = patterns.into_iter().collect();
-        let all_prefixes: HashSet<&str> = all
+        let channels: Vec<String> = channels.into_iter().collect();
+        let patterns: Vec<String> = patterns.into_iter().collect();
+        Self::plan(
+            channels.iter().map(String::as_str).collect(),
+            patterns.iter().map(String::as_str).collect(),
+        )
+    }
+
+    /// [`new`](Self::new) on borrowed names (in any order, repeats allowed): only what is kept is
+    /// copied.
+    pub(crate) fn plan(mut channels: Vec<&str>, mut patterns: Vec<&str>) -> Self {
+        patterns.sort_unstable();
+        patterns.dedup();
+        let all_prefixes: HashSet<&str> = patterns
             .iter()
             .filter_map(|p| subscriber_patterns::glob::simple_prefix(p))
             .collect();
         // A pattern is dropped when a broader `<literal>*` pattern covers it.
-        let patterns: BTreeSet<String> = all
+        let patterns: BTreeSet<String> = patterns
             .iter()
             .filter(|p| {
                 let own = subscriber_patterns::glob::simple_prefix(p);
                 !prefixes_of(p).any(|pre| all_prefixes.contains(pre) && Some(pre) != own)
             })
-            .cloned()
+            .map(|p| (*p).to_owned())
             .collect();
         let prefixes: HashSet<String> = patterns
             .iter()
             .filter_map(|p| subscriber_patterns::glob::simple_prefix(p))
             .map(str::to_owned)
             .collect();
+        let mut prefix_lens: Vec<usize> = prefixes.iter().map(String::len).collect();
+        prefix_lens.sort_unstable();
+        prefix_lens.dedup();
         let complex: Vec<String> = patterns
             .iter()
             .filter(|p| subscriber_patterns::glob::simple_prefix(p).is_none())
@@ -103,19 +120,24 @@ impl Subscriptions {
             channels: BTreeSet::new(),
             patterns,
             prefixes,
+            prefix_lens,
             complex,
         };
         // An exact channel that a pattern matches is not subscribed again (Redis would deliver
         // it twice: once as `message`, once as `pmessage`).
-        this.channels = channels
-            .into_iter()
-            .filter(|c| !this.pattern_matches(c))
-            .collect();
+        channels.retain(|c| !this.pattern_matches(c));
+        channels.sort_unstable();
+        channels.dedup();
+        this.channels = channels.into_iter().map(str::to_owned).collect();
         this
     }
 
     fn pattern_matches(&self, channel: &str) -> bool {
-        prefixes_of(channel).any(|pre| self.prefixes.contains(pre))
+        // Only the prefix lengths that some pattern has are looked up.
+        self.prefix_lens
+            .iter()
+            .take_while(|&&len| len <= channel.len())
+            .any(|&len| channel.is_char_boundary(len) && self.prefixes.contains(&channel[..len]))
             || self
                 .complex
                 .iter()

@@ -100,7 +100,7 @@ impl Default for WebSocketConfig {
             pong_timeout: Duration::from_secs(10),
             idle_timeout: None,
             close_timeout: Duration::from_secs(5),
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 1024,
             write_buffer_size: 64 * 1024,
         }
     }
@@ -177,8 +177,10 @@ impl WebSocketConfig {
         self
     }
 
-    /// Initial read buffer of each connection, in bytes (default 4 KiB; it grows for larger
-    /// messages). Small keeps idle connections cheap.
+    /// Read buffer of each connection, in bytes (default 1 KiB). It is allocated with the
+    /// connection (tungstenite does not allocate it lazily), so it is most of what an idle
+    /// connection costs; a larger message still arrives whole (the buffer grows to hold it), in
+    /// reads of at most this size. Raise it when clients often send messages of many KiB.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.read_buffer_size = bytes.max(256);
         self

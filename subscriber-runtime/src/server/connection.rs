@@ -22,14 +22,38 @@ use crate::event;
 use crate::stats::Counters;
 
 /// Serves one upgraded socket until it closes.
-pub(crate) async fn run(shared: Arc<Shared>, socket: Socket, user: Option<super::User>) {
-    let ws = shared.websocket.clone();
-    let inner = ws.inner.clone();
-    let _task = inner.tracker.token();
+///
+/// This future lives as long as the connection, so its size is memory per idle connection: the
+/// socket is split before the `async` block (so the block does not keep the unsplit socket), the
+/// reader and the writer are pinned in place (not moved into `join!`, which would reserve room
+/// for both the futures and their moved copies), and the rare, large steps (connect and
+/// disconnect announcements, handling a client message, the closing handshake) are boxed, so
+/// they cost memory only while they run.
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    socket: Socket,
+    user: Option<super::User>,
+) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    async move {
+        let _task = shared.websocket.inner.tracker.token();
+        let conn = Box::pin(connected(&shared, user)).await;
+        let ws = &shared.websocket;
+        let reader = std::pin::pin!(read_loop(&shared, ws, &conn, stream));
+        let writer = std::pin::pin!(write_loop(ws, &conn, sink));
+        tokio::join!(reader, writer);
+        Box::pin(disconnected(&shared, &conn)).await;
+    }
+}
+
+/// Registers a new client, greets it and tells the cluster.
+async fn connected(shared: &Arc<Shared>, user: Option<super::User>) -> Arc<Conn> {
+    let ws = &shared.websocket;
+    let inner = &ws.inner;
     let limits = ws.queue_limits();
     let client = Client::new(ClientId::generate(), user.map(Arc::new));
     let conn = Arc::new(Conn::new(client.clone(), ws.now_ms(), limits));
-    let id = client.id.clone();
+    let id = &client.id;
     ws.register(conn.clone());
     Counters::inc(&inner.counters.clients_connected);
     tracing::debug!(
@@ -51,7 +75,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: Socket, user: Option<super:
         ws.deliver(&conn, &frame);
     }
     let announce = json!({
-        "clientId": &id,
+        "clientId": id,
         "lastActivity": SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -65,19 +89,20 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: Socket, user: Option<super:
         tracing::warn!(client_id = %id, %error, "could not publish clientConnected");
     }
     for hook in &inner.hooks.connect {
-        guarded("on_connect", &id, || hook(&client, &ws));
+        guarded("on_connect", id, || hook(&client, ws));
     }
+    conn
+}
 
-    let (sink, stream) = socket.split();
-    tokio::join!(
-        read_loop(&shared, &ws, &conn, stream),
-        write_loop(&ws, &conn, sink)
-    );
-
+/// Forgets a client that is gone, counts why, and tells the cluster.
+async fn disconnected(shared: &Arc<Shared>, conn: &Conn) {
+    let ws = &shared.websocket;
+    let inner = &ws.inner;
+    let id = &conn.client.id;
     let reason = conn
         .close_reason()
         .unwrap_or_else(|| DisconnectReason::ConnectionLost("closed".to_owned()));
-    ws.unregister(&id);
+    ws.unregister(id);
     Counters::inc(&inner.counters.clients_disconnected);
     match &reason {
         DisconnectReason::HeartbeatTimeout => Counters::inc(&inner.counters.heartbeat_timeouts),
@@ -90,13 +115,13 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: Socket, user: Option<super:
     tracing::debug!(client_id = %id, worker_id = %inner.worker_id, %reason, "client disconnected");
     if let Err(error) = inner
         .publisher
-        .publish(event::CLIENT_DISCONNECTED, &json!({ "clientId": &id }))
+        .publish(event::CLIENT_DISCONNECTED, &json!({ "clientId": id }))
         .await
     {
         tracing::warn!(client_id = %id, %error, "could not publish clientDisconnected");
     }
     for hook in &inner.hooks.disconnect {
-        guarded("on_disconnect", &id, || hook(&client, &ws, &reason));
+        guarded("on_disconnect", id, || hook(&conn.client, ws, &reason));
     }
 }
 
@@ -161,9 +186,9 @@ async fn read_loop(
                         awaiting_close = false;
                         break;
                     }
-                    Some(Ok(Message::Text(text))) => on_text(shared, ws, conn, text.as_str()).await,
+                    Some(Ok(Message::Text(text))) => Box::pin(on_text(shared, ws, conn, text.as_str())).await,
                     Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                        Ok(text) => on_text(shared, ws, conn, text).await,
+                        Ok(text) => Box::pin(on_text(shared, ws, conn, text)).await,
                         Err(_) => {
                             conn.touch(ws.now_ms());
                             Counters::inc(&inner.counters.client_messages);
@@ -205,13 +230,13 @@ async fn read_loop(
     );
     if awaiting_close && !urgent_broken {
         // The server closes: wait (bounded) for the client's close frame.
-        let _ = tokio::time::timeout(config.close_timeout, async {
+        let _ = Box::pin(tokio::time::timeout(config.close_timeout, async {
             while let Some(Ok(message)) = stream.next().await {
                 if matches!(message, Message::Close(_)) {
                     break;
                 }
             }
-        })
+        }))
         .await;
     }
 }
@@ -300,7 +325,7 @@ async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket
     let Some(reason) = conn.close_reason() else {
         return;
     };
-    let _ = tokio::time::timeout(config.close_timeout, async {
+    let _ = Box::pin(tokio::time::timeout(config.close_timeout, async {
         match &reason {
             DisconnectReason::ConnectionLost(_) => Ok(()),
             DisconnectReason::ClientClosed(_) => sink.close().await,
@@ -318,7 +343,7 @@ async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket
                 .await
             }
         }
-    })
+    }))
     .await;
 }
 

@@ -176,6 +176,8 @@ impl fmt::Display for Subscriptions {
 pub(crate) struct Incoming {
     pub(crate) channel: Arc<str>,
     pub(crate) payload: Bytes,
+    /// When the broker handed it over (the start of `switchboard_dispatch_duration_seconds`).
+    pub(crate) received: std::time::Instant,
 }
 
 /// Where a broker puts what it receives: the worker's bounded dispatch queue.
@@ -220,6 +222,7 @@ impl Inbox {
         let item = Incoming {
             channel: Arc::from(channel),
             payload,
+            received: std::time::Instant::now(),
         };
         match self.tx.try_send(item) {
             Ok(()) => {
@@ -229,6 +232,7 @@ impl Inbox {
             Err(mpsc::error::TrySendError::Full(item)) => {
                 self.in_flight.finish();
                 Counters::inc(&self.counters.dropped_queue_full);
+                self.counters.metrics.dropped_queue_full.increment(1);
                 if let Some(suppressed) = self.warn.allow() {
                     tracing::warn!(
                         channel = %item.channel,
@@ -249,5 +253,6 @@ impl Inbox {
     /// Counts a reconnect of the broker's connection.
     pub fn count_reconnect(&self) {
         Counters::inc(&self.counters.reconnects);
+        self.counters.metrics.reconnects.increment(1);
     }
 }

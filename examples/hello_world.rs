@@ -114,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
 
     let app = Switchboard::builder()
         .broker_from_env()?
+        .prometheus("/metrics")
         .route("hello", "greet", greet)
         .on_connect(|client, ws| {
             ws.broadcast_to_client(
@@ -196,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
     println!("\nServing ws://{addr}/ws (Ctrl-C stops). Try:");
     println!("  websocat ws://{addr}/ws");
     println!(r#"  {{"type":"hello","action":"greet","data":{{"name":"Ada"}}}}"#);
+    println!("Prometheus metrics: http://{addr}/metrics");
     tokio::signal::ctrl_c().await?;
     running.shutdown().await;
     Ok(())

@@ -3,7 +3,7 @@
 //! process.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::json;
 use switchboard::prelude::*;
@@ -78,6 +78,22 @@ where
     }
 }
 
+/// The capture, installed as the global subscriber of this test binary by whichever test asks
+/// first. Every test asks before it builds an application: a thread-local subscriber
+/// (`set_default`) would race with callsites first hit by a test on another thread, which can
+/// cache them as disabled.
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(capture.clone()),
+        )
+        .expect("the only subscriber of this test binary");
+        capture
+    })
+}
+
 fn spans_of<'a>(events: &'a [Captured], message: &str) -> &'a [(String, Fields)] {
     let event = events
         .iter()
@@ -97,9 +113,7 @@ fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// payload size) and the handler's span (handler, channel, priority).
 #[tokio::test]
 async fn logs_inside_handlers_carry_the_message_and_handler_spans() {
-    let capture = Capture::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let capture = capture();
     let app = TestApp::start(
         Switchboard::builder()
             .without_linked_handlers()
@@ -171,6 +185,7 @@ async fn logs_inside_handlers_carry_the_message_and_handler_spans() {
 /// before `build()`; with it, `build()` refuses to replace that recorder.
 #[tokio::test]
 async fn metrics_go_to_an_application_installed_recorder() {
+    capture();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).expect("the first recorder of this process");

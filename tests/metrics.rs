@@ -111,6 +111,12 @@ async fn prometheus_endpoint_counts_messages_handlers_and_clients() {
                     }),
             )
             .subscriber(
+                Subscriber::matching([Matcher::pattern("analytics:user-2*")])
+                    .name("analytics_vip")
+                    .priority(5)
+                    .handle(|| {}),
+            )
+            .subscriber(
                 Subscriber::matching([Matcher::regex("^audit:")])
                     .name("audit_slow")
                     .timeout(Duration::from_millis(50))
@@ -168,10 +174,15 @@ async fn prometheus_endpoint_counts_messages_handlers_and_clients() {
             r#"switchboard_messages_received_total{channel="orders"}"#,
             3.0,
         ),
-        // Others are labelled by the pattern, the regex or the "*" that routed them.
+        // Others are labelled by the glob or regex of the highest-priority handler they match,
+        // else by "*".
         (
             r#"switchboard_messages_received_total{channel="analytics:*"}"#,
-            2.0,
+            1.0,
+        ),
+        (
+            r#"switchboard_messages_received_total{channel="analytics:user-2*"}"#,
+            1.0,
         ),
         (
             r#"switchboard_messages_received_total{channel="regex:^audit:"}"#,
@@ -230,6 +241,10 @@ async fn prometheus_endpoint_counts_messages_handlers_and_clients() {
         (
             r#"switchboard_handler_errors_total{handler="analytics_panics"}"#,
             0.0,
+        ),
+        (
+            r#"switchboard_handler_runs_total{handler="analytics_vip"}"#,
+            1.0,
         ),
         (
             r#"switchboard_handler_runs_total{handler="audit_slow"}"#,
@@ -333,6 +348,7 @@ async fn unnamed_unrouted_channels_share_the_other_label() {
         base()
             .prometheus("/metrics")
             .framework_channels(false)
+            .listen(["lonely"])
             .subscriber(
                 Subscriber::matching([Matcher::regex("-suffix-only$")])
                     .name("suffix_only")
@@ -347,15 +363,24 @@ async fn unnamed_unrouted_channels_share_the_other_label() {
             .await
             .unwrap();
     }
+    publisher
+        .publish_including_sender("lonely", &json!({}))
+        .await
+        .unwrap();
     server.running.wait_idle().await;
     let other = scrape(server.addr, "/metrics").await;
     assert_eq!(
         other.get(r#"switchboard_messages_received_total{channel="other"}"#),
         5.0
     );
+    // A `listen` channel is named by the application: it keeps its name.
+    assert_eq!(
+        other.get(r#"switchboard_messages_received_total{channel="lonely"}"#),
+        1.0
+    );
     assert_eq!(
         other.get(r#"switchboard_messages_skipped_total{reason="no_handler"}"#),
-        5.0
+        6.0
     );
     assert_eq!(
         other.get(r#"switchboard_handler_runs_total{handler="suffix_only"}"#),

@@ -1,5 +1,6 @@
 //! Dispatch benchmarks: routing and dispatch cost per message against a naive scan of every
-//! handler (what the reference framework does), registry build time, and envelope parsing.
+//! handler (what the reference framework does), the same with metrics and tracing spans on,
+//! registry build time, and envelope parsing.
 //!
 //! Run with `cargo bench --bench dispatch`. Numbers and their reading are in BENCHMARKS.md.
 
@@ -225,6 +226,58 @@ fn dispatch(c: &mut Criterion) {
     group.finish();
 }
 
+/// The `dispatch` path with what production adds: metric handles bound to a Prometheus recorder
+/// (`metrics`), then also an INFO-level `fmt` subscriber that formats every span and writes to a
+/// sink (`metrics_spans`). The `dispatch` group above has neither: no recorder (handles are
+/// no-ops) and no subscriber (spans are disabled).
+fn dispatch_observed(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let channels = channels();
+    let payload = Bytes::from_static(br#"{"kind":"view","n":1,"workerId":"other"}"#);
+    // A recorder of its own (not the global one), so the other groups stay unobserved.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let mut group = c.benchmark_group("dispatch_observed");
+    for n in [10, 1_000] {
+        // Handles are bound to the recorder current when they are resolved: at `build()` for the
+        // handlers, on a channel's first message for the channel.
+        let app = metrics::with_local_recorder(&recorder, || {
+            let app = build(n);
+            for channel in &channels {
+                app.__route_count(channel, &json!({}));
+            }
+            app
+        });
+        for spans in [false, true] {
+            let label = if spans { "metrics_spans" } else { "metrics" };
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(std::io::sink)
+                .with_max_level(if spans {
+                    tracing::Level::INFO
+                } else {
+                    tracing::Level::ERROR
+                })
+                .finish();
+            let mut i = 0;
+            tracing::subscriber::with_default(subscriber, || {
+                group.bench_with_input(BenchmarkId::new(label, n), &n, |b, _| {
+                    b.to_async(&rt).iter(|| {
+                        i = (i + 1) % CHANNELS;
+                        let channel = &channels[i];
+                        let payload = payload.clone();
+                        let app = &app;
+                        async move { black_box(app.__dispatch_inline(channel, payload).await) }
+                    })
+                });
+            });
+        }
+    }
+    group.finish();
+    recorder.handle().run_upkeep();
+}
+
 fn registry(c: &mut Criterion) {
     let mut group = c.benchmark_group("registry_build");
     group.sample_size(10);
@@ -264,6 +317,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = routing, predicates, dispatch, registry, envelope
+    targets = routing, predicates, dispatch, dispatch_observed, registry, envelope
 }
 criterion_main!(benches);

@@ -1,4 +1,5 @@
-//! The Switchboard hello world: subscribers firing in priority order, then a WebSocket server.
+//! The Switchboard hello world: subscribers firing in priority order, then a web page that shows
+//! every use case live.
 //!
 //! Run with:
 //!
@@ -7,20 +8,37 @@
 //! ```
 //!
 //! No Redis needed (the in-process broker); with `REDIS_URL` set it joins the other workers on
-//! that Redis. It first plays a short scripted demo, then serves `ws://127.0.0.1:3000/ws` (`PORT`
-//! changes the port) until Ctrl-C. Connect with any WebSocket client, e.g.
+//! that Redis (start a second one with `PORT=3001` and watch messages cross between them). It
+//! first plays a short scripted demo in the terminal, then serves, until Ctrl-C:
 //!
-//! ```text
-//! websocat ws://127.0.0.1:3000/ws
-//! {"type":"hello","action":"greet","data":{"name":"Ada"}}
-//! {"type":"system","action":"joinRoom","data":{"roomName":"support"}}
-//! ```
+//! - `http://127.0.0.1:3000/`: a page (plain HTML and JavaScript inside the binary) that connects
+//!   to `/ws` and shows greetings sent through the `hello:greet` client route, the system status a
+//!   subscriber relays, joining and leaving the support room and its announcements, jobs that
+//!   complete or fail, and the count of analytics events;
+//! - `ws://127.0.0.1:3000/ws`: the WebSocket endpoint, for any client;
+//! - `http://127.0.0.1:3000/metrics`: Prometheus metrics.
 //!
-//! Set `RUST_LOG=debug` to see every handler run.
+//! `PORT` changes the port (`0` picks a free one). Set `RUST_LOG=debug` to see every handler run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::prelude::*;
+
+// The three use-case examples, whole: their subscribers, routes and state are part of this demo.
+#[path = "analytics_sink.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod analytics_sink;
+#[path = "job_notifications.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod job_notifications;
+#[path = "room_announcements.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod room_announcements;
+
+/// The page served at `/`: plain HTML and JavaScript, shipped inside the binary.
+const PAGE: &str = include_str!("hello_world.html");
 
 /// A system status update, as the reference framework's hello-world sends it on `custom`.
 #[derive(Debug, Deserialize)]
@@ -50,10 +68,31 @@ fn log_custom_events(Message(message): Message) {
     println!("  [priority -10] log_custom_events: {message}");
 }
 
-/// Counts analytics events on any `analytics:*` channel.
-#[websocket_subscriber(match = regex("^analytics:"))]
-fn analytics_sink(channel: Channel, Message(event): Message) {
-    println!("  [priority   0] analytics_sink: {channel} {event}");
+/// How many analytics events this worker has seen.
+static ANALYTICS_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts analytics events on any `analytics:*` channel and shows the count on every page of
+/// this worker (after `analyticsSink`, from the analytics example, has queued the event for the
+/// database).
+#[websocket_subscriber(match = regex("^analytics:"), priority = -1)]
+fn analytics_counter(channel: Channel, ws: WebSocket) {
+    let count = ANALYTICS_EVENTS.fetch_add(1, Ordering::Relaxed) + 1;
+    ws.broadcast_to_all_clients(Outgoing::new("analytics", "count", json!({"count": count})));
+    println!("  [priority  -1] analytics_counter: {channel} (event #{count})");
+}
+
+/// The `analytics:track` client route: publishes a page view for the analytics subscribers of
+/// every worker.
+async fn track(
+    client: Client,
+    Data(view): Data<serde_json::Value>,
+    publisher: Publisher,
+) -> Result<serde_json::Value, switchboard::BoxError> {
+    let event = json!({"userId": client.id(), "path": view["path"]});
+    publisher
+        .publish_including_sender("analytics:pageview", &event)
+        .await?;
+    Ok(json!({"tracked": true}))
 }
 
 /// Shows that one failing handler does not stop the others.
@@ -112,9 +151,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let app = Switchboard::builder()
+    let analytics = analytics_sink::store_from_env().await?;
+    let builder = Switchboard::builder()
         .broker_from_env()?
+        .prometheus("/metrics")
+        .state(analytics);
+    let (builder, jobs) = job_notifications::app(builder).await?;
+    let app = room_announcements::app(builder)
         .route("hello", "greet", greet)
+        .route("analytics", "track", track)
         .on_connect(|client, ws| {
             ws.broadcast_to_client(
                 client.id(),
@@ -146,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let running = app.start().await?;
+    let job_worker = job_notifications::start_worker(&jobs, &running);
     let publisher = running.publisher();
 
     println!("\n1. A status update on `custom` (relay first, then the logger, then the tap):");
@@ -159,7 +205,10 @@ async fn main() -> anyhow::Result<()> {
 
     println!("\n2. An analytics event on `analytics:pageview` (regex subscriber):");
     publisher
-        .publish_including_sender("analytics:pageview", &json!({"path": "/"}))
+        .publish_including_sender(
+            "analytics:pageview",
+            &json!({"userId": "demo", "path": "/"}),
+        )
         .await?;
     running.wait_idle().await;
 
@@ -192,11 +241,22 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|p| p.parse().ok())
         .unwrap_or(3000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    let addr = running.listen(listener)?;
-    println!("\nServing ws://{addr}/ws (Ctrl-C stops). Try:");
+    let addr = listener.local_addr()?;
+    // The framework's router (`/ws`, `/metrics`) mounted into the application's own.
+    let site = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(|| async { axum::response::Html(PAGE) }),
+        )
+        .merge(running.router());
+    let server = tokio::spawn(async move { axum::serve(listener, site).await });
+    println!("\nOpen http://{addr}/ in a browser (Ctrl-C stops), or use any WebSocket client:");
     println!("  websocat ws://{addr}/ws");
     println!(r#"  {{"type":"hello","action":"greet","data":{{"name":"Ada"}}}}"#);
+    println!("Prometheus metrics: http://{addr}/metrics");
     tokio::signal::ctrl_c().await?;
+    job_worker.stop().await;
     running.shutdown().await;
+    server.abort();
     Ok(())
 }

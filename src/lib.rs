@@ -61,6 +61,11 @@
 //!   it says `includeSender: true`; `workerId` and `includeSender` never reach handlers.
 //! - **Delivery** is at-most-once, like Redis pub/sub: what is published while a worker is away,
 //!   or dropped because its queue is full, is lost to it (and counted in [`Stats`]).
+//! - **Observability.** Counters and histograms through the `metrics` facade (messages per
+//!   channel, handler runs, errors, panics, timeouts, dispatch latency, drops, reconnects,
+//!   clients), optionally served to Prometheus by [`Builder::prometheus`] (the `prometheus`
+//!   feature, on by default); `switchboard.message` and `switchboard.handler` tracing spans around
+//!   each message and each handler run.
 //!
 //! See [`testing`] to test handlers with plain `cargo test`.
 #![deny(missing_docs)]

@@ -6,6 +6,8 @@
 //! [`MockRedis`]. Every test uses its own namespace and channel names, so tests never see each
 //! other's messages on a shared server.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1010,46 +1012,6 @@ async fn delivery_resumes_after_a_real_redis_server_restarts_on_the_same_port() 
     assert_eq!(worker.stats().reconnects, 1);
 }
 
-/// `cargo build --example NAME` into this test's target directory (a no-op when up to date),
-/// and the path of the binary.
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("target");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .unwrap_or("debug");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .args(["build", "--quiet", "--example", name, "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile {
-        "debug" => {}
-        "release" => {
-            cargo.arg("--release");
-        }
-        other => {
-            cargo.args(["--profile", other]);
-        }
-    }
-    let output = cargo.output().expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "building the `{name}` example failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
-
 /// A `cluster` example process, its stdout read line by line.
 struct Worker {
     child: Child,
@@ -1165,7 +1127,7 @@ fn a_message_crosses_between_two_worker_processes() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // The mock (if any) runs on the runtime's threads while this thread drives the processes.
     let (url, _mock) = runtime.block_on(redis_url());
-    let binary = example_binary("cluster");
+    let binary = support::example_binary("cluster");
     let ns = unique("procs");
     let channel = unique("chat");
 

@@ -37,6 +37,8 @@ pub struct Builder {
     shutdown_grace: Duration,
     listen: BTreeSet<String>,
     framework_channels: bool,
+    /// The path of the Prometheus endpoint, when asked for.
+    pub(crate) prometheus: Option<String>,
     pub(crate) observer: Option<Observer>,
     pub(crate) server: crate::server::ServerSetup,
 }
@@ -48,6 +50,7 @@ impl fmt::Debug for Builder {
             .field("states", &self.states)
             .field("inline", &self.inline)
             .field("worker_id", &self.worker_id)
+            .field("prometheus", &self.prometheus)
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +70,7 @@ impl Default for Builder {
             shutdown_grace: Duration::from_secs(10),
             listen: BTreeSet::new(),
             framework_channels: true,
+            prometheus: None,
             observer: None,
             server: crate::server::ServerSetup::default(),
         }
@@ -197,6 +201,11 @@ impl Builder {
     /// Collects every handler, validates them (duplicate names, missing state, bad matchers),
     /// sorts them, and logs the handler table.
     ///
+    /// It also resolves the handles of every metric (see the crate's README, "Metrics") from the
+    /// global `metrics` recorder installed at this point: the one
+    /// [`prometheus`](Self::prometheus) installs here, or your own, installed before `build()`.
+    /// Without a recorder, metrics cost next to nothing and go nowhere.
+    ///
     /// # Errors
     /// [`Error::Build`] naming the handler and what to fix.
     pub fn build(mut self) -> Result<Switchboard, Error> {
@@ -210,12 +219,21 @@ impl Builder {
             })?;
         }
         let include_linked_routes = !self.options.without_linked;
-        let entries = registry::build(self.inline, &self.states, self.options)?;
+        let mut entries = registry::build(self.inline, &self.states, self.options)?;
         let routes = crate::server::routes::RouteTable::build(
             std::mem::take(&mut self.server.routes),
             &self.states,
             include_linked_routes,
         )?;
+        // Once everything else is valid: the recorder first, then every handle from it.
+        #[cfg(feature = "prometheus")]
+        if let Some(path) = &self.prometheus {
+            self.server.metrics = crate::telemetry::prometheus::install(path)?;
+        }
+        for e in &mut entries {
+            e.metrics = crate::telemetry::HandlerMetrics::resolve(&e.info.name);
+        }
+        let counters = Arc::new(Counters::resolved());
         let worker_id: Arc<str> = self
             .worker_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
@@ -228,6 +246,9 @@ impl Builder {
         if self.framework_channels {
             channels.extend(crate::event::ALL.iter().copied());
         }
+        // These keep their own name as a metric label (handlers' exact channels do too, through
+        // the router's exact map).
+        let named: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
         let mut patterns: Vec<&str> = Vec::new();
         for e in &entries {
             for m in &e.matchers {
@@ -266,7 +287,6 @@ impl Builder {
         }
         registry::log_table(&entries, &worker_id);
 
-        let counters = Arc::new(Counters::default());
         let in_flight = Arc::new(InFlight::default());
         let publisher = Publisher::new(broker.clone(), worker_id.clone());
         let websocket = WebSocket::new(
@@ -291,6 +311,7 @@ impl Builder {
         };
         let dispatcher = Dispatcher::new(
             entries,
+            named,
             shared.clone(),
             config,
             counters.clone(),
@@ -407,6 +428,11 @@ impl Switchboard {
             self.counters.clone(),
             self.in_flight.clone(),
         );
+        self.shared
+            .websocket
+            .inner
+            .metrics
+            .spawn_upkeep(shutdown.child_token());
         let dispatch = tokio::spawn(self.dispatcher.clone().run(
             rx,
             shutdown.child_token(),

@@ -4,6 +4,10 @@
 //! channels are handled concurrently, at most `max_concurrent_channels` at a time. The number of
 //! messages read from the queue but not yet handled is bounded too, so a slow handler makes the
 //! queue fill up (and drops get counted) instead of memory growing.
+//!
+//! Each message is handled inside a `switchboard.message` span (channel, worker id, payload size)
+//! and each handler run inside a `switchboard.handler` span (handler, channel, priority), both at
+//! INFO level, so whatever a handler logs carries them.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -22,7 +26,7 @@ use crate::envelope::{self, PayloadLimits};
 use crate::handler::HandlerFailure;
 use crate::matcher::{Compiled, MatchContext};
 use crate::registry::Entry;
-use crate::routing::{Candidate, Router};
+use crate::routing::{Route, Router};
 use crate::stats::{Counters, InFlight};
 
 /// How one handler's run for one message ended.
@@ -75,7 +79,9 @@ pub(crate) struct DispatchConfig {
 
 struct Job {
     delivery: Arc<Delivery>,
-    candidates: Arc<[Candidate]>,
+    route: Arc<Route>,
+    /// When the broker handed the message over.
+    received: Instant,
     _pending: OwnedSemaphorePermit,
 }
 
@@ -94,15 +100,18 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// `named`: the channels the application names besides its handlers' exact channels (they
+    /// keep their name as a metric label).
     pub(crate) fn new(
         entries: Vec<Entry>,
+        named: impl IntoIterator<Item = String>,
         shared: Arc<Shared>,
         config: DispatchConfig,
         counters: Arc<Counters>,
         in_flight: Arc<InFlight>,
         observer: Option<Observer>,
     ) -> Self {
-        let router = Router::new(&entries);
+        let router = Router::new(&entries, named);
         Self {
             entries,
             router,
@@ -156,11 +165,18 @@ impl Dispatcher {
     }
 
     async fn accept(self: &Arc<Self>, item: Incoming) {
-        let Incoming { channel, payload } = item;
+        let Incoming {
+            channel,
+            payload,
+            received,
+        } = item;
+        let route = self.router.route(&channel);
+        route.received.increment(1);
         let parsed = match envelope::parse(&payload, &self.config.limits) {
             Ok(parsed) => parsed,
             Err(error) => {
                 Counters::inc(&self.counters.invalid_payloads);
+                self.counters.metrics.dropped_invalid.increment(1);
                 tracing::warn!(
                     channel = %channel,
                     worker_id = %self.config.worker_id,
@@ -179,14 +195,15 @@ impl Dispatcher {
         };
         if parsed.is_own(&self.config.worker_id) {
             Counters::inc(&self.counters.skipped_own);
+            self.counters.metrics.skipped_own.increment(1);
             self.observe(|| Event::SkippedOwn);
             self.in_flight.finish();
             return;
         }
-        let candidates = self.router.candidates(&channel);
         // Framework channels (sendMessageToAll, clientConnected, ...) have a built-in action.
-        if candidates.is_empty() && !self.shared.websocket.handles(&channel) {
+        if route.candidates.is_empty() && !self.shared.websocket.handles(&channel) {
             Counters::inc(&self.counters.unrouted);
+            self.counters.metrics.skipped_unrouted.increment(1);
             tracing::trace!(channel = %channel, "no handler matches");
             self.in_flight.finish();
             return;
@@ -199,7 +216,8 @@ impl Dispatcher {
             .expect("the semaphore is never closed");
         let job = Job {
             delivery: Arc::new(Delivery::new(channel.clone(), parsed, payload)),
-            candidates,
+            route,
+            received,
             _pending: pending,
         };
         {
@@ -250,21 +268,26 @@ impl Dispatcher {
     async fn process(&self, job: Job) {
         // The WebSocket server's built-in action runs before the subscriber handlers.
         self.shared.websocket.handle_framework(&job.delivery);
-        self.run_candidates(&job.delivery, &job.candidates).await;
+        self.run_candidates(&job.delivery, &job.route).await;
+        self.counters
+            .metrics
+            .dispatch_duration
+            .record(job.received.elapsed());
         drop(job);
         self.in_flight.finish();
     }
 
     /// Runs the matching handlers of one message, in order; returns how many ran.
-    async fn run_candidates(&self, delivery: &Arc<Delivery>, candidates: &[Candidate]) -> usize {
-        let span = tracing::debug_span!(
-            "message",
-            channel = %delivery.channel,
-            worker_id = %self.config.worker_id,
+    async fn run_candidates(&self, delivery: &Arc<Delivery>, route: &Route) -> usize {
+        let span = tracing::info_span!(
+            "switchboard.message",
+            channel = &*delivery.channel,
+            worker_id = &*self.config.worker_id,
+            size = delivery.raw.len(),
         );
         async {
             let mut ran = 0;
-            for candidate in candidates {
+            for candidate in &route.candidates {
                 let entry = &self.entries[candidate.handler as usize];
                 if candidate.conditional && !self.predicates_match(entry, delivery) {
                     continue;
@@ -290,9 +313,10 @@ impl Dispatcher {
     /// Routes one message (cached channel candidates, then predicates); returns how many handlers
     /// would run (benchmarks).
     pub(crate) fn route_count(&self, channel: &str, message: &serde_json::Value) -> usize {
-        let candidates = self.router.candidates(channel);
+        let route = self.router.route(channel);
         let mcx = MatchContext { channel, message };
-        candidates
+        route
+            .candidates
             .iter()
             .filter(|c| {
                 !c.conditional
@@ -306,18 +330,25 @@ impl Dispatcher {
 
     /// Parses, routes and handles one message right here, without the queue (benchmarks).
     pub(crate) async fn dispatch_inline(&self, channel: &str, payload: bytes::Bytes) -> usize {
+        let received = Instant::now();
+        let route = self.router.route(channel);
+        route.received.increment(1);
         let Ok(parsed) = envelope::parse(&payload, &self.config.limits) else {
             return 0;
         };
         if parsed.is_own(&self.config.worker_id) {
             return 0;
         }
-        let candidates = self.router.candidates(channel);
-        if candidates.is_empty() {
+        if route.candidates.is_empty() {
             return 0;
         }
         let delivery = Arc::new(Delivery::new(channel.into(), parsed, payload));
-        self.run_candidates(&delivery, &candidates).await
+        let ran = self.run_candidates(&delivery, &route).await;
+        self.counters
+            .metrics
+            .dispatch_duration
+            .record(received.elapsed());
+        ran
     }
 
     fn predicates_match(&self, entry: &Entry, delivery: &Delivery) -> bool {
@@ -333,6 +364,7 @@ impl Dispatcher {
                 Ok(matched) => matched,
                 Err(panic) => {
                     Counters::inc(&self.counters.predicate_panics);
+                    entry.metrics.predicate_panics.increment(1);
                     tracing::error!(
                         handler = %entry.info.name,
                         channel = %delivery.channel,
@@ -348,12 +380,28 @@ impl Dispatcher {
 
     async fn run_handler(&self, entry: &Entry, cx: Context, channel: &str) -> Outcome {
         Counters::inc(&self.counters.handler_runs);
+        let metrics = &entry.metrics;
+        metrics.runs.increment(1);
+        let info = &entry.info;
+        let span = tracing::info_span!(
+            "switchboard.handler",
+            handler = &*info.name,
+            channel,
+            priority = info.priority,
+        );
         let started = Instant::now();
         let timeout = entry.timeout.unwrap_or(self.config.handler_timeout);
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| entry.call.call(cx))) {
+        // A plain `fn` handler runs inside `call`, an `async` one when its future is polled: the
+        // span covers both.
+        let called = {
+            let _entered = span.enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| entry.call.call(cx)))
+        };
+        let outcome = match called {
             Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
             Ok(future) => {
-                match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
+                let future = AssertUnwindSafe(future).catch_unwind().instrument(span);
+                match tokio::time::timeout(timeout, future).await {
                     Err(_) => Outcome::TimedOut(timeout),
                     Ok(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
                     Ok(Ok(Err(HandlerFailure::Rejected(e)))) => Outcome::Rejected(error_chain(&*e)),
@@ -362,17 +410,19 @@ impl Dispatcher {
                 }
             }
         };
-        let info = &entry.info;
+        let elapsed = started.elapsed();
+        metrics.duration.record(elapsed);
         match &outcome {
             Outcome::Completed => tracing::debug!(
                 handler = %info.name,
-                    channel,
-                    worker_id = %self.config.worker_id,
-                elapsed = ?started.elapsed(),
+                channel,
+                worker_id = %self.config.worker_id,
+                elapsed = ?elapsed,
                 "subscriber handler completed"
             ),
             Outcome::Failed(error) => {
                 Counters::inc(&self.counters.handler_errors);
+                metrics.errors.increment(1);
                 tracing::error!(
                     handler = %info.name,
                     channel,
@@ -384,6 +434,7 @@ impl Dispatcher {
             }
             Outcome::Rejected(reason) => {
                 Counters::inc(&self.counters.handler_rejections);
+                metrics.rejections.increment(1);
                 tracing::warn!(
                     handler = %info.name,
                     channel,
@@ -395,6 +446,7 @@ impl Dispatcher {
             }
             Outcome::Panicked(panic) => {
                 Counters::inc(&self.counters.handler_panics);
+                metrics.panics.increment(1);
                 tracing::error!(
                     handler = %info.name,
                     channel,
@@ -406,6 +458,7 @@ impl Dispatcher {
             }
             Outcome::TimedOut(after) => {
                 Counters::inc(&self.counters.handler_timeouts);
+                metrics.timeouts.increment(1);
                 tracing::error!(
                     handler = %info.name,
                     channel,

@@ -82,6 +82,18 @@ pub enum BuildError {
         /// The second route.
         second: Location,
     },
+    /// [`Builder::prometheus`](crate::Builder) was given a path that cannot be served.
+    #[error("cannot serve Prometheus metrics at {path:?}: {reason}")]
+    InvalidMetricsPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// [`Builder::prometheus`](crate::Builder) cannot install its recorder: another global
+    /// `metrics` recorder is already installed in this process.
+    #[error("cannot install the Prometheus recorder: another global `metrics` recorder is already installed; leave out `.prometheus(...)` to emit into that recorder, and serve it yourself")]
+    MetricsRecorderInstalled,
     /// A client route cannot be registered.
     #[error("client route `{route}` cannot be registered: {reason}")]
     InvalidRoute {

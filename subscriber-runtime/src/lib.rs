@@ -26,6 +26,7 @@ mod routing;
 mod server;
 mod stats;
 mod subscriber;
+mod telemetry;
 pub mod testing;
 
 pub use app::{Builder, Running, Switchboard};

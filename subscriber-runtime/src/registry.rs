@@ -12,6 +12,7 @@ use crate::handler::HandlerFuture;
 use crate::matcher::{Compiled, MatcherKind, RegexCache};
 use crate::registration::{self, MatcherSpec, Registration, Requirements};
 use crate::subscriber::{DynCall, InlineSubscriber};
+use crate::telemetry::HandlerMetrics;
 
 /// How a handler was registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +124,8 @@ pub(crate) struct Entry {
     pub(crate) call: Call,
     pub(crate) matchers: Vec<Compiled>,
     pub(crate) timeout: Option<Duration>,
+    /// Its metric handles (no-ops until resolved at `build()`, once a recorder is installed).
+    pub(crate) metrics: HandlerMetrics,
 }
 
 impl Entry {
@@ -321,6 +324,7 @@ pub(crate) fn build(
             call: c.call,
             matchers,
             timeout,
+            metrics: HandlerMetrics::default(),
         });
     }
     Ok(entries)

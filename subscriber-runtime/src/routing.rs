@@ -2,13 +2,26 @@
 //!
 //! The channel-based part (exact names, `"*"`, regexes, globs) is computed once per distinct
 //! channel and cached; predicates are evaluated per message, only for the handlers that have them.
+//!
+//! The cache also holds each channel's `switchboard_messages_received_total` handle. Its `channel`
+//! label keeps cardinality bounded by the application, whatever channels arrive:
+//!
+//! 1. a channel the application names (an exact handler channel, a `listen` channel, a framework
+//!    channel) is labelled with its name;
+//! 2. any other channel is labelled by the pattern (`analytics:*`) or regex (`regex:^analytics:`)
+//!    of the highest-priority handler whose pattern or regex matches it;
+//! 3. failing that, `*` when a `"*"` handler receives it;
+//! 4. failing that, `other`.
 
 use std::collections::hash_map::Entry as Slot;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock};
+
+use metrics::Counter;
 
 use crate::matcher::Compiled;
 use crate::registry::Entry;
+use crate::telemetry;
 
 /// A handler that may run for a channel's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +30,15 @@ pub(crate) struct Candidate {
     pub(crate) handler: u32,
     /// True when no channel-based matcher matched: the handler runs only if a predicate does.
     pub(crate) conditional: bool,
+}
+
+/// What the router knows about one channel: its candidates, and its metric handle.
+#[derive(Debug)]
+pub(crate) struct Route {
+    /// The candidates, in priority order, each handler at most once.
+    pub(crate) candidates: Box<[Candidate]>,
+    /// `switchboard_messages_received_total` for the channel's label.
+    pub(crate) received: Counter,
 }
 
 /// The most distinct channels whose candidate lists are cached; past it the cache starts over, so
@@ -80,11 +102,15 @@ pub(crate) struct Router {
     regexes: Vec<LazyRegex>,
     globs: Vec<(Arc<str>, u32)>,
     predicated: Vec<u32>,
-    cache: RwLock<HashMap<Arc<str>, Arc<[Candidate]>>>,
+    /// Channels that are labelled with their own name besides the exact handler channels.
+    named: HashSet<String>,
+    cache: RwLock<HashMap<Arc<str>, Arc<Route>>>,
 }
 
 impl Router {
-    pub(crate) fn new(entries: &[Entry]) -> Self {
+    /// The router of `entries`; `named` are further channels the application names (`listen`,
+    /// framework channels), labelled with their own name in metrics.
+    pub(crate) fn new(entries: &[Entry], named: impl IntoIterator<Item = String>) -> Self {
         let channels = entries
             .iter()
             .flat_map(|e| &e.matchers)
@@ -128,12 +154,13 @@ impl Router {
             regexes,
             globs,
             predicated,
+            named: named.into_iter().collect(),
             cache: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The candidates for a channel, in priority order, each handler at most once.
-    pub(crate) fn candidates(&self, channel: &str) -> Arc<[Candidate]> {
+    /// The route of a channel: its candidates, in priority order, and its metric handle.
+    pub(crate) fn route(&self, channel: &str) -> Arc<Route> {
         if let Some(hit) = self
             .cache
             .read()
@@ -142,7 +169,7 @@ impl Router {
         {
             return hit.clone();
         }
-        let computed: Arc<[Candidate]> = self.compute(channel).into();
+        let computed = Arc::new(self.compute(channel));
         let mut cache = self
             .cache
             .write()
@@ -154,24 +181,39 @@ impl Router {
         computed
     }
 
-    fn compute(&self, channel: &str) -> Vec<Candidate> {
+    fn compute(&self, channel: &str) -> Route {
         let mut matched: Vec<u32> = Vec::new();
-        if let Some(list) = self.exact.get(channel) {
+        let exact = self.exact.get(channel);
+        if let Some(list) = exact {
             matched.extend(list.as_slice());
         }
         matched.extend(&self.wildcard);
-        matched.extend(
-            self.regexes
-                .iter()
-                .filter(|r| r.is_match(channel))
-                .map(|r| r.owner),
-        );
-        matched.extend(
-            self.globs
-                .iter()
-                .filter(|(p, _)| subscriber_patterns::glob::matches(p, channel))
-                .map(|(_, i)| *i),
-        );
+        // The pattern or regex of the highest-priority (lowest index) handler it matches.
+        let mut by_pattern: Option<(u32, String)> = None;
+        let mut keep = |owner: u32, label: &dyn Fn() -> String| {
+            if by_pattern.as_ref().is_none_or(|(best, _)| owner < *best) {
+                by_pattern = Some((owner, label()));
+            }
+        };
+        for r in self.regexes.iter().filter(|r| r.is_match(channel)) {
+            matched.push(r.owner);
+            keep(r.owner, &|| format!("regex:{}", r.src));
+        }
+        for (p, i) in &self.globs {
+            if subscriber_patterns::glob::matches(p, channel) {
+                matched.push(*i);
+                keep(*i, &|| p.to_string());
+            }
+        }
+        let label = if exact.is_some() || self.named.contains(channel) {
+            channel.to_owned()
+        } else if let Some((_, label)) = by_pattern {
+            label
+        } else if !self.wildcard.is_empty() {
+            subscriber_patterns::ANY_CHANNEL.to_owned()
+        } else {
+            telemetry::OTHER_CHANNEL.to_owned()
+        };
         matched.sort_unstable();
         matched.dedup();
         let mut out: Vec<Candidate> = matched
@@ -190,6 +232,9 @@ impl Router {
             }
         }
         out.sort_unstable_by_key(|c| c.handler);
-        out
+        Route {
+            candidates: out.into(),
+            received: telemetry::channel_received(label),
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Counters the runtime keeps about itself.
+//! Counters the runtime keeps about itself ([`Stats`], the test API); each one is mirrored by a
+//! `metrics` counter (see `telemetry.rs`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -8,8 +9,12 @@ use tokio::sync::Notify;
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// The counters, and the `metrics` handles that mirror them (see `telemetry.rs`).
         #[derive(Debug, Default)]
-        pub(crate) struct Counters { $(pub(crate) $name: AtomicU64,)* }
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+            pub(crate) metrics: crate::telemetry::Metrics,
+        }
 
         /// A snapshot of the runtime's counters.
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,6 +75,14 @@ counters! {
 }
 
 impl Counters {
+    /// Counters whose `metrics` handles were resolved from the current recorder.
+    pub(crate) fn resolved() -> Self {
+        Self {
+            metrics: crate::telemetry::Metrics::resolve(),
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

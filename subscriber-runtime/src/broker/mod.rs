@@ -198,6 +198,8 @@ impl fmt::Display for Subscriptions {
 pub(crate) struct Incoming {
     pub(crate) channel: Arc<str>,
     pub(crate) payload: Bytes,
+    /// When the broker handed it over (the start of `switchboard_dispatch_duration_seconds`).
+    pub(crate) received: std::time::Instant,
 }
 
 /// Where a broker puts what it receives: the worker's bounded dispatch queue.
@@ -242,6 +244,7 @@ impl Inbox {
         let item = Incoming {
             channel: Arc::from(channel),
             payload,
+            received: std::time::Instant::now(),
         };
         match self.tx.try_send(item) {
             Ok(()) => {
@@ -251,6 +254,7 @@ impl Inbox {
             Err(mpsc::error::TrySendError::Full(item)) => {
                 self.in_flight.finish();
                 Counters::inc(&self.counters.dropped_queue_full);
+                self.counters.metrics.dropped_queue_full.increment(1);
                 if let Some(suppressed) = self.warn.allow() {
                     tracing::warn!(
                         channel = %item.channel,
@@ -271,5 +275,6 @@ impl Inbox {
     /// Counts a reconnect of the broker's connection.
     pub fn count_reconnect(&self) {
         Counters::inc(&self.counters.reconnects);
+        self.counters.metrics.reconnects.increment(1);
     }
 }

@@ -56,6 +56,8 @@ async fn connected(shared: &Arc<Shared>, user: Option<super::User>) -> Arc<Conn>
     let id = &client.id;
     ws.register(conn.clone());
     Counters::inc(&inner.counters.clients_connected);
+    inner.counters.metrics.connections.increment(1);
+    inner.counters.metrics.clients.increment(1.0);
     tracing::debug!(
         client_id = %id,
         worker_id = %inner.worker_id,
@@ -104,6 +106,7 @@ async fn disconnected(shared: &Arc<Shared>, conn: &Conn) {
         .unwrap_or_else(|| DisconnectReason::ConnectionLost("closed".to_owned()));
     ws.unregister(id);
     Counters::inc(&inner.counters.clients_disconnected);
+    inner.counters.metrics.disconnected(&reason);
     match &reason {
         DisconnectReason::HeartbeatTimeout => Counters::inc(&inner.counters.heartbeat_timeouts),
         DisconnectReason::Idle => Counters::inc(&inner.counters.idle_disconnects),
@@ -192,6 +195,7 @@ async fn read_loop(
                         Err(_) => {
                             conn.touch(ws.now_ms());
                             Counters::inc(&inner.counters.client_messages);
+                            inner.counters.metrics.client_messages.increment(1);
                             ws.send_error_to(conn, "Failed to parse JSON");
                         }
                     },
@@ -352,6 +356,7 @@ async fn on_text(shared: &Arc<Shared>, ws: &WebSocket, conn: &Arc<Conn>, text: &
     let inner = &ws.inner;
     conn.touch(ws.now_ms());
     Counters::inc(&inner.counters.client_messages);
+    inner.counters.metrics.client_messages.increment(1);
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(_) => {

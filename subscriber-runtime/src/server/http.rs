@@ -31,10 +31,14 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// The `/ws` router of an application.
+/// The `/ws` router of an application, with its Prometheus endpoint if it has one.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route(WS_PATH, get(upgrade))
+    let router = Router::new().route(WS_PATH, get(upgrade));
+    shared
+        .websocket
+        .inner
+        .metrics
+        .mount(router)
         .with_state(shared)
 }
 
@@ -51,6 +55,7 @@ async fn upgrade(
         Ok(user) => user,
         Err(error) => {
             Counters::inc(&inner.counters.auth_rejections);
+            inner.counters.metrics.auth_rejections.increment(1);
             tracing::info!(worker_id = %inner.worker_id, %error, "WebSocket connection refused (401)");
             return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
         }
@@ -228,8 +233,9 @@ impl Switchboard {
 }
 
 impl Running {
-    /// An axum router serving the WebSocket endpoint at `/ws` (any other path is 404), to mount
-    /// into your own application with `merge`. Call [`shutdown`](Self::shutdown) to close the
+    /// An axum router serving the WebSocket endpoint at `/ws` and, when the builder asked for
+    /// it, the [Prometheus endpoint](Builder::prometheus) (any other path is 404), to mount into
+    /// your own application with `merge`. Call [`shutdown`](Self::shutdown) to close the
     /// sockets gracefully.
     ///
     /// ```
@@ -279,6 +285,9 @@ impl Running {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(task);
         tracing::info!(worker_id = %websocket.worker_id(), %addr, "WebSocket server listening on ws://{addr}{WS_PATH}");
+        if let Some(path) = websocket.inner.metrics.path() {
+            tracing::info!(worker_id = %websocket.worker_id(), %addr, "Prometheus metrics at http://{addr}{path}");
+        }
         Ok(addr)
     }
 }

@@ -100,6 +100,8 @@ pub(crate) struct ServerSetup {
     pub(crate) config: WebSocketConfig,
     pub(crate) routes: Vec<InlineRoute>,
     pub(crate) hooks: Hooks,
+    /// The Prometheus endpoint to serve next to `/ws` (set by `build()`).
+    pub(crate) metrics: crate::telemetry::Endpoint,
 }
 
 impl fmt::Debug for ServerSetup {
@@ -107,6 +109,7 @@ impl fmt::Debug for ServerSetup {
         f.debug_struct("ServerSetup")
             .field("config", &self.config)
             .field("routes", &self.routes)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -233,6 +236,7 @@ pub(crate) struct Inner {
     pub(crate) verifier: auth::Verifier,
     pub(crate) routes: RouteTable,
     pub(crate) hooks: Hooks,
+    pub(crate) metrics: crate::telemetry::Endpoint,
     pub(crate) handler_timeout: Duration,
     state: RwLock<State>,
     epoch: Instant,
@@ -320,6 +324,7 @@ impl WebSocket {
                 verifier,
                 routes,
                 hooks: setup.hooks,
+                metrics: setup.metrics,
                 handler_timeout,
                 state: RwLock::default(),
                 epoch: Instant::now(),
@@ -447,6 +452,7 @@ impl WebSocket {
             Pushed::Closed => false,
             Pushed::Slow => {
                 Counters::inc(&self.inner.counters.slow_consumer_disconnects);
+                self.inner.counters.metrics.slow_consumers.increment(1);
                 tracing::warn!(
                     client_id = %conn.client.id,
                     worker_id = %self.inner.worker_id,
@@ -582,6 +588,7 @@ impl WebSocket {
 
     pub(crate) fn send_error_to(&self, conn: &Conn, error: &str) -> bool {
         Counters::inc(&self.inner.counters.client_errors);
+        self.inner.counters.metrics.client_errors.increment(1);
         tracing::debug!(client_id = %conn.client.id, %error, "error frame to client");
         for hook in &self.inner.hooks.error {
             guarded("on_error", &conn.client.id, || hook(&conn.client, error));

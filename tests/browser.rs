@@ -1,0 +1,264 @@
+//! The hello-world page in a real browser: the `hello_world` example runs as its own process and
+//! two headless Chromium pages (Debian's `chromium` and `chromium-driver`, driven through WebDriver
+//! with `fantoccini`) use it: a greeting from one shows in both, a room announcement reaches only
+//! the page that joined the room, a job completes on both, the analytics count rises.
+//!
+//! Without `chromedriver` on the machine the test says so and passes, unless
+//! `SWITCHBOARD_REQUIRE_BROWSER=1` (CI sets it, after installing both). `CHROMEDRIVER` and
+//! `CHROME_BIN` override the paths. The page's screenshot is written to `target/hello-world.png`;
+//! with `UPDATE_SCREENSHOT=1`, also to `docs/hello-world.png`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn find(var: &str, candidates: &[&str]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var) {
+        return Some(PathBuf::from(path));
+    }
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the hello-world example on a free port; returns it and its page's URL.
+fn start_demo() -> (Process, String) {
+    let binary = support::example_binary("hello_world");
+    let mut child = Command::new(binary)
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("JOBS_DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the hello_world example starts");
+    let stdout = child.stdout.take().unwrap();
+    let process = Process(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("Open ") {
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(DEADLINE)
+        .expect("hello_world printed its URL");
+    (process, url)
+}
+
+fn start_chromedriver(driver: &Path) -> (Process, String) {
+    let port = free_port();
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let process = Process(child);
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < DEADLINE, "chromedriver did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (process, format!("http://127.0.0.1:{port}"))
+}
+
+async fn browser(webdriver: &str, chrome: Option<&Path>) -> Client {
+    let mut options = json!({
+        "args": [
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--window-size=1280,900"
+        ]
+    });
+    if let Some(chrome) = chrome {
+        options["binary"] = json!(chrome);
+    }
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("goog:chromeOptions".into(), options);
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(webdriver)
+        .await
+        .expect("a Chromium session")
+}
+
+async fn text(page: &Client, id: &str) -> String {
+    page.find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id} on the page: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until `#id`'s text satisfies `check`; returns that text.
+async fn wait_text(page: &Client, id: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = text(page, id).await;
+        if check(&text) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "#{id} never showed {what}; it shows {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn click(page: &Client, id: &str) {
+    page.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn set_name(page: &Client, name: &str) {
+    let input = page.find(Locator::Id("name")).await.unwrap();
+    input.clear().await.unwrap();
+    input.send_keys(name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_works_in_headless_chromium() {
+    let required = std::env::var_os("SWITCHBOARD_REQUIRE_BROWSER").is_some_and(|v| v != "0");
+    let driver = find(
+        "CHROMEDRIVER",
+        &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
+    );
+    let Some(driver) = driver else {
+        assert!(
+            !required,
+            "SWITCHBOARD_REQUIRE_BROWSER is set but chromedriver is missing (apt-get install chromium chromium-driver)"
+        );
+        eprintln!("skipped: no chromedriver (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let chrome = find("CHROME_BIN", &["/usr/bin/chromium"]);
+
+    let (_demo, url) = start_demo();
+    let (_driver, webdriver) = start_chromedriver(&driver);
+    let a = browser(&webdriver, chrome.as_deref()).await;
+    let b = browser(&webdriver, chrome.as_deref()).await;
+    a.goto(&url).await.unwrap();
+    b.goto(&url).await.unwrap();
+    for page in [&a, &b] {
+        wait_text(page, "connection", "the connection", |t| {
+            t.starts_with("connected as")
+        })
+        .await;
+    }
+
+    // A greeting from one page shows in both, and so does the status a subscriber relays.
+    set_name(&a, "Ada").await;
+    click(&a, "greet").await;
+    for page in [&a, &b] {
+        wait_text(page, "greetings", "Ada's greeting", |t| {
+            t.contains("Ada: Ada says hello!")
+        })
+        .await;
+        wait_text(page, "system-status", "the relayed status", |t| {
+            t == "Ada just sent a hello"
+        })
+        .await;
+    }
+
+    // Page A joins the support room; page B (not a member) announces: only A gets it.
+    click(&a, "join").await;
+    wait_text(&a, "rooms", "the joined room", |t| t == "support").await;
+    set_name(&b, "Grace").await;
+    click(&b, "announce").await;
+    wait_text(&a, "announcements", "the announcement", |t| {
+        t.contains("Grace says: the support desk is open")
+    })
+    .await;
+    // B greets after the announcement was delivered; once B sees its own greeting, an
+    // announcement for B would have arrived before it.
+    click(&b, "greet").await;
+    wait_text(&b, "greetings", "Grace's greeting", |t| {
+        t.contains("Grace: Grace says hello!")
+    })
+    .await;
+    assert_eq!(text(&b, "announcements").await, "", "B is not in the room");
+    assert_eq!(text(&b, "rooms").await, "none");
+
+    // A job completes: both pages hear of it. A failing job: only its requester does.
+    click(&a, "job").await;
+    for page in [&a, &b] {
+        wait_text(page, "jobs", "the completed job", |t| {
+            t.contains("completed:") && t.contains("REPORT FOR ADA")
+        })
+        .await;
+    }
+    click(&b, "bad-job").await;
+    wait_text(&b, "jobs", "the failed job", |t| {
+        t.contains("failed: explode: asked to fail")
+    })
+    .await;
+
+    // A page view is stored and counted; both pages show the new count.
+    let before: u64 = text(&a, "analytics-count").await.parse().unwrap();
+    click(&a, "track").await;
+    for page in [&a, &b] {
+        wait_text(page, "analytics-count", "a higher count", |t| {
+            t.parse::<u64>().is_ok_and(|n| n > before)
+        })
+        .await;
+    }
+    // Nothing failed on A's side: its failing-job line never shows.
+    assert!(!text(&a, "jobs").await.contains("failed"));
+
+    let png = a.screenshot().await.expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG image");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("hello-world.png"), &png).unwrap();
+    if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::write(docs.join("hello-world.png"), &png).unwrap();
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -219,19 +219,21 @@ impl Builder {
             })?;
         }
         let include_linked_routes = !self.options.without_linked;
-        let mut entries = registry::build(self.inline, &self.states, self.options)?;
+        let entries = registry::build(self.inline, &self.states, self.options)?;
         let routes = crate::server::routes::RouteTable::build(
             std::mem::take(&mut self.server.routes),
             &self.states,
             include_linked_routes,
         )?;
-        // Once everything else is valid: the recorder first, then every handle from it.
+        // Once everything else is valid: the recorder first, then every handler's handles from
+        // it, so that each handler's series exist (at 0) from the first scrape. Without our
+        // recorder, handles are resolved on each handler's first run.
         #[cfg(feature = "prometheus")]
         if let Some(path) = &self.prometheus {
             self.server.metrics = crate::telemetry::prometheus::install(path)?;
-        }
-        for e in &mut entries {
-            e.metrics = crate::telemetry::HandlerMetrics::resolve(&e.info.name);
+            for e in &entries {
+                e.metrics();
+            }
         }
         let counters = Arc::new(Counters::resolved());
         let worker_id: Arc<str> = self

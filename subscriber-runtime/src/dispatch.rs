@@ -364,7 +364,7 @@ impl Dispatcher {
                 Ok(matched) => matched,
                 Err(panic) => {
                     Counters::inc(&self.counters.predicate_panics);
-                    entry.metrics.predicate_panics.increment(1);
+                    entry.metrics().predicate_panics.increment(1);
                     tracing::error!(
                         handler = %entry.info.name,
                         channel = %delivery.channel,
@@ -380,7 +380,7 @@ impl Dispatcher {
 
     async fn run_handler(&self, entry: &Entry, cx: Context, channel: &str) -> Outcome {
         Counters::inc(&self.counters.handler_runs);
-        let metrics = &entry.metrics;
+        let metrics = entry.metrics();
         metrics.runs.increment(1);
         let info = &entry.info;
         let span = tracing::info_span!(

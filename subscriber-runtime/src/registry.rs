@@ -124,8 +124,17 @@ pub(crate) struct Entry {
     pub(crate) call: Call,
     pub(crate) matchers: Vec<Compiled>,
     pub(crate) timeout: Option<Duration>,
-    /// Its metric handles (no-ops until resolved at `build()`, once a recorder is installed).
-    pub(crate) metrics: HandlerMetrics,
+    /// Its metric handles: resolved at `build()` when the app installs the Prometheus recorder,
+    /// else on the handler's first run (so that building 10,000 handlers costs no metric keys).
+    pub(crate) metrics: std::sync::OnceLock<HandlerMetrics>,
+}
+
+impl Entry {
+    /// The handler's metric handles, resolved from the current recorder on first use.
+    pub(crate) fn metrics(&self) -> &HandlerMetrics {
+        self.metrics
+            .get_or_init(|| HandlerMetrics::resolve(&self.info.name))
+    }
 }
 
 impl Entry {
@@ -324,7 +333,7 @@ pub(crate) fn build(
             call: c.call,
             matchers,
             timeout,
-            metrics: HandlerMetrics::default(),
+            metrics: std::sync::OnceLock::new(),
         });
     }
     Ok(entries)

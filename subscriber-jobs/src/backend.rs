@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use apalis::prelude::{BoxDynError, TaskSink, WorkerBuilder};
+use apalis::prelude::{BoxDynError, TaskBuilder, TaskSink, WorkerBuilder};
 use apalis_core::backend::ext::BackendExt;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::SqliteStorage;
@@ -244,13 +244,16 @@ impl<J: Job> JobQueue<J> {
             queue: J::QUEUE,
             message,
         };
+        // One attempt: a failure is final and reported once (see `JobEventsLayer`); retries
+        // belong in a retry layer inside the worker, where the outcome of the last one is known.
+        let task = TaskBuilder::new(job).max_attempts(1).build();
         match &self.backend {
             JobBackend::Sqlite(pool) => sqlite_storage::<J>(pool)
-                .push(job)
+                .push_task(task)
                 .await
                 .map_err(|e| error(e.to_string())),
             JobBackend::Redis(conn) => redis_storage::<J>(conn)
-                .push(job)
+                .push_task(task)
                 .await
                 .map_err(|e| error(e.to_string())),
         }

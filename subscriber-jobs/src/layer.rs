@@ -1,10 +1,11 @@
 //! The `tower` layer that publishes a job's outcome.
 
-use std::fmt;
+use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use apalis_core::error::{AbortError, BoxDynError};
 use apalis_core::task::Task;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -16,9 +17,12 @@ use crate::Job;
 /// A `tower` layer for an apalis worker: publishes [`event::QUEUE_JOB_COMPLETED`] when a job
 /// returns `Ok` and [`event::QUEUE_JOB_ERROR`] when it returns an error.
 ///
-/// Add it outside any retry layer (before `.retry(...)` on the `WorkerBuilder`), so that it sees
-/// the job's final outcome and a job retried three times is reported once. A publish that fails
-/// (e.g. Redis is down) is logged and does not change the job's own result.
+/// A job's failure is final: the layer publishes it once and returns it to apalis as an
+/// `AbortError`, so the backend does not retry the job on its own (apalis's Redis storage would
+/// otherwise run a failed job up to 25 times, and each run would tell the client again). For
+/// retries, add apalis's retry layer *inside* this one (after it on the `WorkerBuilder`): the
+/// layer then sees, and reports, the outcome of the last attempt. A publish that fails (e.g.
+/// Redis is down) is logged and does not change the job's own result.
 ///
 /// [`event::QUEUE_JOB_COMPLETED`]: subscriber_runtime::event::QUEUE_JOB_COMPLETED
 /// [`event::QUEUE_JOB_ERROR`]: subscriber_runtime::event::QUEUE_JOB_ERROR
@@ -55,14 +59,13 @@ pub struct JobEvents<S> {
 impl<S, J> Service<Task<J>> for JobEvents<S>
 where
     J: Job,
-    S: Service<Task<J>>,
+    S: Service<Task<J>, Error = BoxDynError>,
     S::Response: Serialize + Send,
-    S::Error: fmt::Display + Send,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Error = BoxDynError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxDynError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -91,7 +94,14 @@ where
                     event::QUEUE_JOB_COMPLETED
                 }
                 Err(error) => {
-                    event.insert("error".into(), Value::from(error.to_string()));
+                    // The job's own message, not apalis's "AbortError: ..." around it.
+                    let message = match error.downcast_ref::<AbortError>() {
+                        Some(abort) => abort
+                            .source()
+                            .map_or_else(|| abort.to_string(), ToString::to_string),
+                        None => error.to_string(),
+                    };
+                    event.insert("error".into(), Value::from(message));
                     event::QUEUE_JOB_ERROR
                 }
             };
@@ -104,7 +114,13 @@ where
                     "could not publish the job's outcome"
                 );
             }
-            result
+            result.map_err(|error| {
+                if error.is::<AbortError>() {
+                    error
+                } else {
+                    Box::new(AbortError::new(error)) as BoxDynError
+                }
+            })
         })
     }
 }

@@ -44,11 +44,26 @@ async fn backend() -> JobBackend {
     }
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> (String, Value) {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("an outcome within 10 s")
-        .unwrap()
+/// The next outcome of a job of this run: jobs of other runs on the same Redis carry other
+/// client ids (or none) and are skipped.
+async fn next(rx: &mut mpsc::UnboundedReceiver<(String, Value)>, client: &str) -> (String, Value) {
+    loop {
+        let (channel, event) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an outcome within 10 s")
+            .unwrap();
+        if event["webSocketClientId"] == client {
+            return (channel, event);
+        }
+    }
+}
+
+/// A client id no other run uses.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{name}-{}-{nanos}", std::process::id())
 }
 
 #[tokio::test]
@@ -75,18 +90,19 @@ async fn outcomes_are_published_with_the_job_and_its_client() {
     let queue = jobs.queue::<Square>();
     let worker = jobs.spawn_worker(app.publisher(), square);
 
+    let (first, second) = (unique("c1"), unique("c2"));
     queue
         .push(Square {
             n: 7,
-            client: Some("c1".into()),
+            client: Some(first.clone()),
         })
         .await
         .unwrap();
-    let (channel, done) = next(&mut rx).await;
+    let (channel, done) = next(&mut rx, &first).await;
     assert_eq!(channel, event::QUEUE_JOB_COMPLETED);
     assert_eq!(done["result"], 49);
     assert_eq!(done["queue"], Square::QUEUE);
-    assert_eq!(done["webSocketClientId"], "c1");
+    assert_eq!(done["webSocketClientId"], first.as_str());
     assert!(
         done["jobId"].as_str().is_some_and(|id| !id.is_empty()),
         "{done}"
@@ -99,19 +115,51 @@ async fn outcomes_are_published_with_the_job_and_its_client() {
     queue
         .push(Square {
             n: -2,
-            client: None,
+            client: Some(second.clone()),
         })
         .await
         .unwrap();
-    let (channel, failed) = next(&mut rx).await;
+    let (channel, failed) = next(&mut rx, &second).await;
     assert_eq!(channel, event::QUEUE_JOB_ERROR);
     assert_eq!(failed["error"], "-2 is negative");
     assert_eq!(failed["queue"], Square::QUEUE);
-    assert!(
-        failed.get("webSocketClientId").is_none(),
-        "no client asked: {failed}"
-    );
     assert_ne!(failed["jobId"], done["jobId"]);
+
+    // A failure is final: the backend does not run the job again, so nobody hears of it twice.
+    // A job without a client is reported without `webSocketClientId`; once its outcome is in,
+    // anything the failed job would have caused by a retry has had time to arrive before it.
+    let third = unique("c3");
+    queue
+        .push(Square {
+            n: 3,
+            client: Some(third.clone()),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    queue.push(Square { n: 5, client: None }).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let (channel, event) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an outcome within 10 s")
+            .unwrap();
+        if event["result"] == 25 && event.get("webSocketClientId").is_none() {
+            break;
+        }
+        seen.push((channel, event));
+    }
+    let repeats: Vec<_> = seen
+        .iter()
+        .filter(|(_, e)| e["webSocketClientId"] == second.as_str())
+        .collect();
+    assert!(repeats.is_empty(), "the failed job ran again: {repeats:?}");
+    assert!(
+        seen.iter()
+            .any(|(c, e)| c == event::QUEUE_JOB_COMPLETED
+                && e["webSocketClientId"] == third.as_str()),
+        "{seen:?}"
+    );
 
     worker.stop().await;
     app.shutdown().await;

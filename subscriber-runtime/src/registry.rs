@@ -126,14 +126,15 @@ pub(crate) struct Entry {
     pub(crate) timeout: Option<Duration>,
     /// Its metric handles: resolved at `build()` when the app installs the Prometheus recorder,
     /// else on the handler's first run (so that building 10,000 handlers costs no metric keys).
-    pub(crate) metrics: std::sync::OnceLock<HandlerMetrics>,
+    /// Boxed, so that an `Entry` stays small: registry building moves entries around.
+    pub(crate) metrics: std::sync::OnceLock<Box<HandlerMetrics>>,
 }
 
 impl Entry {
     /// The handler's metric handles, resolved from the current recorder on first use.
     pub(crate) fn metrics(&self) -> &HandlerMetrics {
         self.metrics
-            .get_or_init(|| HandlerMetrics::resolve(&self.info.name))
+            .get_or_init(|| Box::new(HandlerMetrics::resolve(&self.info.name)))
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use apalis::prelude::{BoxDynError, TaskBuilder, TaskSink, WorkerBuilder};
 use apalis_core::backend::ext::BackendExt;
+use apalis_core::error::AbortError;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::SqliteStorage;
 use serde::Serialize;
@@ -168,6 +169,12 @@ impl JobBackend {
         };
         let name = format!("switchboard-jobs-{}-{}", J::QUEUE, publisher.worker_id());
         let layer = JobEventsLayer::new(publisher);
+        // A failure is final: as an `AbortError`, apalis marks the job killed instead of
+        // scheduling it again (its Redis storage retries failures up to 25 times otherwise).
+        let handler = move |job: J| {
+            let run = handler(job);
+            async move { run.await.map_err(AbortError::new) }
+        };
         let task = match self {
             Self::Sqlite(pool) => {
                 let storage = sqlite_storage::<J>(pool).poll_with_interval(POLL_INTERVAL);

@@ -17,11 +17,13 @@ use crate::Job;
 /// A `tower` layer for an apalis worker: publishes [`event::QUEUE_JOB_COMPLETED`] when a job
 /// returns `Ok` and [`event::QUEUE_JOB_ERROR`] when it returns an error.
 ///
-/// A job's failure is final: the layer publishes it once and returns it to apalis as an
-/// `AbortError`, so the backend does not retry the job on its own (apalis's Redis storage would
-/// otherwise run a failed job up to 25 times, and each run would tell the client again). For
-/// retries, add apalis's retry layer *inside* this one (after it on the `WorkerBuilder`): the
-/// layer then sees, and reports, the outcome of the last attempt. A publish that fails (e.g.
+/// The layer publishes every failure it sees. So that a failure is reported once, make it final:
+/// return apalis's `AbortError` from the job function (as [`JobBackend::spawn_worker`] does), or
+/// the backend schedules the job again (apalis's Redis storage runs a failed job up to 25 times,
+/// and each run would tell the client again). For retries, add apalis's retry layer *inside*
+/// this one (after it on the `WorkerBuilder`): the layer then reports the last attempt's outcome.
+///
+/// [`JobBackend::spawn_worker`]: crate::JobBackend::spawn_worker A publish that fails (e.g.
 /// Redis is down) is logged and does not change the job's own result.
 ///
 /// [`event::QUEUE_JOB_COMPLETED`]: subscriber_runtime::event::QUEUE_JOB_COMPLETED

@@ -22,10 +22,9 @@ use crate::Job;
 /// the backend schedules the job again (apalis's Redis storage runs a failed job up to 25 times,
 /// and each run would tell the client again). For retries, add apalis's retry layer *inside*
 /// this one (after it on the `WorkerBuilder`): the layer then reports the last attempt's outcome.
+/// A publish that fails (e.g. Redis is down) is logged and does not change the job's own result.
 ///
-/// [`JobBackend::spawn_worker`]: crate::JobBackend::spawn_worker A publish that fails (e.g.
-/// Redis is down) is logged and does not change the job's own result.
-///
+/// [`JobBackend::spawn_worker`]: crate::JobBackend::spawn_worker
 /// [`event::QUEUE_JOB_COMPLETED`]: subscriber_runtime::event::QUEUE_JOB_COMPLETED
 /// [`event::QUEUE_JOB_ERROR`]: subscriber_runtime::event::QUEUE_JOB_ERROR
 #[derive(Debug, Clone)]

@@ -175,31 +175,23 @@ impl JobBackend {
             let run = handler(job);
             async move { run.await.map_err(AbortError::new) }
         };
+        // The two storages are different types, so the worker is built once per arm.
+        macro_rules! run {
+            ($storage:expr) => {{
+                let worker = WorkerBuilder::new(name)
+                    .backend($storage.poll_with_interval(POLL_INTERVAL))
+                    .layer(layer)
+                    .build(handler);
+                tokio::spawn(async move {
+                    if let Err(error) = worker.run_until(signal).await {
+                        tracing::error!(queue = J::QUEUE, %error, "the job worker stopped");
+                    }
+                })
+            }};
+        }
         let task = match self {
-            Self::Sqlite(pool) => {
-                let storage = sqlite_storage::<J>(pool).poll_with_interval(POLL_INTERVAL);
-                let worker = WorkerBuilder::new(name)
-                    .backend(storage)
-                    .layer(layer)
-                    .build(handler);
-                tokio::spawn(async move {
-                    if let Err(error) = worker.run_until(signal).await {
-                        tracing::error!(queue = J::QUEUE, %error, "the job worker stopped");
-                    }
-                })
-            }
-            Self::Redis(conn) => {
-                let storage = redis_storage::<J>(conn).poll_with_interval(POLL_INTERVAL);
-                let worker = WorkerBuilder::new(name)
-                    .backend(storage)
-                    .layer(layer)
-                    .build(handler);
-                tokio::spawn(async move {
-                    if let Err(error) = worker.run_until(signal).await {
-                        tracing::error!(queue = J::QUEUE, %error, "the job worker stopped");
-                    }
-                })
-            }
+            Self::Sqlite(pool) => run!(sqlite_storage::<J>(pool)),
+            Self::Redis(conn) => run!(redis_storage::<J>(conn)),
         };
         WorkerHandle { stop, task }
     }

@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use subscriber_jobs::{Job, JobBackend, JobQueue, WorkerHandle};
 use switchboard::prelude::*;
 use switchboard::{BoxError, Builder, ClientId, Running};
-use switchboard_jobs::{Job, JobBackend, JobQueue, WorkerHandle};
 
 /// The example's job: some text to shout, and who asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]

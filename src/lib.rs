@@ -8,10 +8,11 @@
 //! use serde::Deserialize;
 //! use switchboard::prelude::*;
 //!
-//! /// Tell every connected client when a background job finishes.
+//! /// Ask for an invoice when a background job finishes (with the `server` feature, a handler
+//! /// also takes `ws: WebSocket` to tell the browsers).
 //! #[websocket_subscriber(channel = event::QUEUE_JOB_COMPLETED, priority = 10)]
-//! async fn job_notifications(Message(job): Message, ws: WebSocket) -> HandlerResult {
-//!     ws.broadcast_to_all_clients(Outgoing::new("jobs", "completed", job));
+//! async fn job_notifications(Message(job): Message, publisher: Publisher) -> HandlerResult {
+//!     publisher.publish("invoices:requested", &job).await?;
 //!     Ok(())
 //! }
 //!
@@ -63,16 +64,43 @@
 //!   or dropped because its queue is full, is lost to it (and counted in [`Stats`]).
 //! - **Observability.** Counters and histograms through the `metrics` facade (messages per
 //!   channel, handler runs, errors, panics, timeouts, dispatch latency, drops, reconnects,
-//!   clients), optionally served to Prometheus by [`Builder::prometheus`] (the `prometheus`
-//!   feature, on by default); `switchboard.message` and `switchboard.handler` tracing spans around
-//!   each message and each handler run.
+//!   clients), optionally served to Prometheus by `ServerBuilderExt::prometheus` (the
+//!   `prometheus` feature, on by default); `switchboard.message` and `switchboard.handler` tracing
+//!   spans around each message and each handler run.
 //!
-//! See [`testing`] to test handlers with plain `cargo test`.
+//! ## Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `server` | yes | the WebSocket server (crate `subscriber-server`): `WebSocket`, client routes, `serve`, `router`. Without it, a pure worker: no axum, hyper, tungstenite or jsonwebtoken |
+//! | `prometheus` | yes | `prometheus(path)`: a Prometheus endpoint on the WebSocket server |
+//! | `testing` | no | the test kit (crate `subscriber-testkit`) as `switchboard::testing`; for `[dev-dependencies]` |
+//! | `linkme` | no | register through `linkme` distributed slices instead of `inventory` |
+//! | `tls` | no | `rediss://` URLs for the Redis broker |
+//!
+//! See `testing` (feature `testing`) to test handlers with plain `cargo test`.
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
 #[doc(inline)]
 pub use subscriber_runtime::*;
+
+#[cfg(feature = "server")]
+#[doc(inline)]
+pub use subscriber_server::{
+    Client, ClientId, ClientInfo, ClientMessage, Data, DataRejection, DisconnectReason, Frame,
+    FrameContext, IntoReply, InvalidClientId, InvalidSecret, JwtSecret, Outgoing, Reply, RoomError,
+    RoomPolicy, RouteContext, ServerAppExt, ServerBuilderExt, ServerError, ServerRunningExt,
+    ServerStats, User, UserId, WebSocket, WebSocketConfig, WebSocketServer, WS_PATH,
+};
+
+/// The test kit: run an application on the in-process broker, publish and wait for its handlers,
+/// test WebSocket clients, and a mock Redis server (feature `testing`, for `[dev-dependencies]`).
+#[cfg(feature = "testing")]
+pub mod testing {
+    #[doc(inline)]
+    pub use subscriber_testkit::*;
+}
 
 /// Marks a function as a subscriber handler, registered at link time.
 ///
@@ -103,6 +131,26 @@ pub use subscriber_runtime::*;
 /// At least one of `channel`, `channels` and `match` is required. Every argument must be an
 /// extractor ([`FromContext`]); the function may be `async` or not and returns `()` or
 /// `Result<(), E>` with `E: Into<BoxError>`.
+#[cfg(feature = "server")]
+pub use subscriber_macros::websocket_subscriber;
+
+/// Marks a function as a subscriber handler, registered at link time.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// /// Audits orders.
+/// #[websocket_subscriber(channel = "orders", priority = 5)]
+/// async fn audit(Message(m): Message) -> HandlerResult {
+///     tracing::info!(%m, "order");
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// The keys are documented with the `server` feature on (the default); every argument must be an
+/// extractor ([`FromContext`]).
+#[cfg(not(feature = "server"))]
 pub use subscriber_macros::websocket_subscriber;
 
 /// Marks a function as the client route handler of the frames `{"type": ..., "action": ...}`,
@@ -136,27 +184,33 @@ pub use subscriber_macros::websocket_subscriber;
 ///
 /// `type` and `action` must be non-empty, without whitespace or control characters, and
 /// `system:joinRoom` / `system:leaveRoom` are reserved (the server answers them). Every argument
-/// must be a route extractor ([`FromRoute`]: [`Client`], [`Data<T>`], [`WebSocket`], [`State<T>`],
-/// [`Publisher`], [`RouteContext`]); the function may be `async` or not and returns an
-/// [`IntoReply`]: `()`, `Result<T, E>`, [`Reply<T>`] or a `serde_json::Value`. Routes are
-/// collected by [`Builder::build`] unless the builder leaves linked handlers out, and a route given
-/// twice is a build error.
+/// must be an extractor for [`RouteContext`] ([`FromContext<RouteContext>`](FromContext):
+/// [`Client`], [`Data<T>`], [`WebSocket`], [`State<T>`], [`Publisher`], [`RouteContext`]); the
+/// function may be `async` or not and returns an [`IntoReply`]: `()`, `Result<T, E>`,
+/// [`Reply<T>`] or a `serde_json::Value`. Routes are collected by [`Builder::build`] unless the
+/// builder leaves linked handlers out, and a route given twice is a build error.
+#[cfg(feature = "server")]
 pub use subscriber_macros::websocket_route;
 
 /// The items most handlers need: `use switchboard::prelude::*;`.
 pub mod prelude {
     pub use crate::event;
-    pub use crate::websocket_route;
     pub use crate::websocket_subscriber;
+    #[cfg(feature = "server")]
     pub use crate::{
-        Channel, Context, Envelope, HandlerResult, MatchContext, Matcher, Message, Outgoing,
-        Publisher, Raw, State, Subscriber, Switchboard, WebSocket,
+        websocket_route, Client, Data, Outgoing, Reply, RoomPolicy, ServerAppExt as _,
+        ServerBuilderExt as _, ServerRunningExt as _, WebSocket, WebSocketConfig,
     };
-    pub use crate::{Client, Data, Reply, RoomPolicy, WebSocketConfig};
+    pub use crate::{
+        Channel, Context, Envelope, HandlerResult, MatchContext, Matcher, Message, Publisher, Raw,
+        State, Subscriber, Switchboard,
+    };
 }
 
-/// Not public API: used by the code `#[websocket_subscriber]` generates.
+/// Not public API: used by the code the attributes generate.
 #[doc(hidden)]
 pub mod __private {
     pub use subscriber_runtime::__private::*;
+    #[cfg(feature = "server")]
+    pub use subscriber_server::__private::*;
 }

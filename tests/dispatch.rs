@@ -552,6 +552,7 @@ async fn predicates_that_panic_count_as_no_match() {
     assert_eq!(app.stats().predicate_panics, 1);
 }
 
+#[cfg(feature = "server")]
 #[tokio::test]
 async fn handlers_publish_through_the_publisher_and_reach_clients() {
     let app = TestApp::start(

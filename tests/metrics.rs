@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::prelude::*;
-use switchboard::{BuildError, DisconnectReason, Error};
+use switchboard::{DisconnectReason, Error, ServerError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::{base, next_disconnect, observed, Server, DEADLINE};
@@ -398,11 +398,12 @@ fn a_bad_metrics_path_fails_the_build() {
         ("/{id}", "'{' is not allowed"),
     ] {
         let err = base().prometheus(path).build().unwrap_err();
-        match err {
-            Error::Build(BuildError::InvalidMetricsPath {
-                path: ref p,
-                reason: ref r,
-            }) => {
+        match &err {
+            Error::Build(e) if e.plugin_error::<ServerError>().is_some() => {
+                let Some(ServerError::InvalidMetricsPath { path: p, reason: r }) = e.plugin_error()
+                else {
+                    panic!("expected InvalidMetricsPath for {path}, got {err:?}");
+                };
                 assert_eq!(p, path);
                 assert!(r.contains(reason), "{r}");
             }

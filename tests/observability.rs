@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde_json::json;
 use switchboard::prelude::*;
 use switchboard::testing::{Outcome, TestApp};
-use switchboard::{BuildError, Error};
+use switchboard::{Error, ServerError};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt as _};
@@ -219,7 +219,10 @@ async fn metrics_go_to_an_application_installed_recorder() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(err, Error::Build(BuildError::MetricsRecorderInstalled)),
+        matches!(
+            &err,
+            Error::Build(e) if matches!(e.plugin_error(), Some(ServerError::MetricsRecorderInstalled))
+        ),
         "{err:?}"
     );
 }

@@ -6,7 +6,8 @@
 //! [`MockRedis`]. Every test uses its own namespace and channel names, so tests never see each
 //! other's messages on a shared server.
 
-mod support;
+#[path = "support/binary.rs"]
+mod binary;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -1127,7 +1128,7 @@ fn a_message_crosses_between_two_worker_processes() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // The mock (if any) runs on the runtime's threads while this thread drives the processes.
     let (url, _mock) = runtime.block_on(redis_url());
-    let binary = support::example_binary("cluster");
+    let binary = binary::example_binary("cluster");
     let ns = unique("procs");
     let channel = unique("chat");
 

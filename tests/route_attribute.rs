@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use support::*;
 use switchboard::prelude::*;
-use switchboard::{BoxError, BuildError};
+use switchboard::{BoxError, ServerError};
 
 #[derive(Deserialize)]
 struct Add {
@@ -131,11 +131,13 @@ fn attributed_routes_are_in_the_registry() {
             .route("math", action, || ())
             .build()
             .expect_err("a duplicate route is refused");
-        let switchboard::Error::Build(BuildError::DuplicateRoute { route, first, .. }) = error
-        else {
+        let switchboard::Error::Build(build) = &error else {
+            panic!("expected a build error, got {error}");
+        };
+        let Some(ServerError::DuplicateRoute { route, first, .. }) = build.plugin_error() else {
             panic!("expected a duplicate route, got {error}");
         };
-        assert_eq!(route, format!("math:{action}"));
+        assert_eq!(*route, format!("math:{action}"));
         assert_eq!(first.module_path, module_path!());
         assert!(first.file.ends_with("route_attribute.rs"), "{first}");
         assert!(first.line > 0, "{first}");

@@ -21,12 +21,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use subscriber_jobs::JobBackend;
 use support::{observed, Server, WsClient, DEADLINE};
 use switchboard::broker::RedisBroker;
 use switchboard::prelude::*;
 use switchboard::testing::MockRedis;
 use switchboard::{Builder, MemoryBroker};
-use switchboard_jobs::JobBackend;
 
 /// The broker the workers of one test share.
 enum Bus {

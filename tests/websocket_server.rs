@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use support::*;
 use switchboard::prelude::*;
-use switchboard::{DisconnectReason, JwtSecret, MemoryBroker, Stats};
+use switchboard::{DisconnectReason, JwtSecret, MemoryBroker, ServerStats};
 use tokio::sync::mpsc;
 
 fn with_secret(builder: switchboard::Builder) -> switchboard::Builder {
@@ -108,7 +108,7 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
         101,
         "no token: anonymous"
     );
-    assert_eq!(server.running.stats().auth_rejections, 5);
+    assert_eq!(server.running.websocket().stats().auth_rejections, 5);
 
     // Only `/ws`, exactly.
     for path in ["/wsx", "/ws/", "/", "/websocket"] {
@@ -599,7 +599,7 @@ async fn malformed_client_frames_get_the_reference_error_frames() {
             "for {text}"
         );
     }
-    let stats: Stats = server.running.stats();
+    let stats: ServerStats = server.running.websocket().stats();
     assert_eq!(stats.client_errors, 6);
     assert_eq!(stats.client_messages, 6);
 }
@@ -644,7 +644,14 @@ async fn oversized_frames_close_with_1009() {
     let (id, reason) = next_disconnect(&mut gone).await;
     assert_eq!(&id, client.id());
     assert_eq!(reason, DisconnectReason::MessageTooBig);
-    assert_eq!(server.running.stats().oversized_message_disconnects, 1);
+    assert_eq!(
+        server
+            .running
+            .websocket()
+            .stats()
+            .oversized_message_disconnects,
+        1
+    );
 }
 
 #[tokio::test]
@@ -676,7 +683,7 @@ async fn idle_clients_are_disconnected_and_active_ones_are_not() {
     assert_eq!((&id, reason), (idle.id(), DisconnectReason::Idle));
     assert!(server.ws().is_local(&active_id), "the active client stays");
     keep_alive.abort();
-    assert_eq!(server.running.stats().idle_disconnects, 1);
+    assert_eq!(server.running.websocket().stats().idle_disconnects, 1);
 }
 
 #[tokio::test]
@@ -702,7 +709,7 @@ async fn clients_that_stop_answering_pings_are_disconnected() {
         server.ws().is_local(&live_id),
         "a client that answers pings stays"
     );
-    assert_eq!(server.running.stats().heartbeat_timeouts, 1);
+    assert_eq!(server.running.websocket().stats().heartbeat_timeouts, 1);
     reader.abort();
 }
 
@@ -730,7 +737,7 @@ async fn lifecycle_hooks_are_called() {
             format!("disconnect {id} closed by the client (1000)")
         ]
     );
-    let stats = server.running.stats();
+    let stats = server.running.websocket().stats();
     assert_eq!(
         (stats.clients_connected, stats.clients_disconnected),
         (1, 1)
@@ -852,12 +859,14 @@ async fn in_process_test_clients_still_work() {
 
 /// What `#[websocket_route]` will generate: a `const` descriptor registered at link time.
 fn linked_ping(cx: switchboard::__private::RouteContext) -> switchboard::__private::RouteFuture {
-    switchboard::__private::boxed_route(async move {
-        let client: Client = switchboard::__private::extract_route(&cx)?;
-        let Data(n): Data<u32> = switchboard::__private::extract_route(&cx)?;
-        switchboard::__private::finish_route(Ok::<_, std::convert::Infallible>(
-            json!({"pong": n + 1, "clientId": client.id()}),
-        ))
+    use switchboard::__private::{FromContext, HandlerFailure, IntoReply};
+    Box::pin(async move {
+        let client = Client::from_context(&cx).map_err(|e| HandlerFailure::Rejected(e.into()))?;
+        let Data(n): Data<u32> =
+            Data::from_context(&cx).map_err(|e| HandlerFailure::Rejected(e.into()))?;
+        Ok::<_, std::convert::Infallible>(json!({"pong": n + 1, "clientId": client.id()}))
+            .into_reply()
+            .map_err(HandlerFailure::Failed)
     })
 }
 

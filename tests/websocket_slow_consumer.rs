@@ -115,12 +115,12 @@ async fn a_stalled_client_is_disconnected_and_the_others_receive_everything() {
             sent += 1;
         }
         progress.wait_for(sent * (CLIENTS - 1)).await;
-        if server.running.stats().slow_consumer_disconnects > 0 {
+        if server.running.websocket().stats().slow_consumer_disconnects > 0 {
             break;
         }
     }
     assert_eq!(
-        server.running.stats().slow_consumer_disconnects,
+        server.running.websocket().stats().slow_consumer_disconnects,
         1,
         "exactly the stalled client is disconnected (after {sent} frames)"
     );

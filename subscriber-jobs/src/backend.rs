@@ -110,7 +110,7 @@ impl JobBackend {
         // worker's polling and the pushes) all see the same database; it lives while the pool
         // keeps one connection open.
         let url = format!(
-            "sqlite:file:switchboard-jobs-{}-{}?mode=memory&cache=shared",
+            "sqlite:file:subscriber-jobs-{}-{}?mode=memory&cache=shared",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
@@ -167,7 +167,7 @@ impl JobBackend {
             let _ = stopped.wait_for(|stop| *stop).await;
             Ok::<(), std::io::Error>(())
         };
-        let name = format!("switchboard-jobs-{}-{}", J::QUEUE, publisher.worker_id());
+        let name = format!("subscriber-jobs-{}-{}", J::QUEUE, publisher.worker_id());
         let layer = JobEventsLayer::new(publisher);
         // A failure is final: as an `AbortError`, apalis marks the job killed instead of
         // scheduling it again (its Redis storage retries failures up to 25 times otherwise).

@@ -17,7 +17,7 @@
 //! ```no_run
 //! use serde::{Deserialize, Serialize};
 //! use switchboard::prelude::*;
-//! use switchboard_jobs::{Job, JobBackend, JobQueue};
+//! use subscriber_jobs::{Job, JobBackend, JobQueue};
 //!
 //! #[derive(Debug, Serialize, Deserialize)]
 //! struct Render {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use subscriber_jobs::{Job, JobBackend, JobError};
 use switchboard::prelude::*;
-use switchboard_jobs::{Job, JobBackend, JobError};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -19,7 +19,7 @@ struct Square {
 
 impl Job for Square {
     // A queue name per process, so parallel runs on one Redis never share jobs.
-    const QUEUE: &'static str = "switchboard-jobs-test-square";
+    const QUEUE: &'static str = "subscriber-jobs-test-square";
 
     fn web_socket_client_id(&self) -> Option<&str> {
         self.client.as_deref()

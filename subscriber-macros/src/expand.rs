@@ -4,7 +4,7 @@
 //! [`expand`] and the wrapper/requirements generators are shared by both attributes; what differs
 //! (the runtime items named, the descriptor) comes from [`AttributeArgs`] and [`Runtime`].
 
-use proc_macro2::{Literal, Span, TokenStream, TokenTree};
+use proc_macro2::{Literal, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::parse::Parse;
@@ -72,6 +72,10 @@ pub(crate) fn expand<A: AttributeArgs>(args: TokenStream, item: TokenStream) -> 
 }
 
 /// The runtime items that generated code names, under `<crate>`.
+///
+/// Generated code checks every bound through a trait-qualified path spanned at the user's token
+/// (`<T as FromContext<Context>>::from_context`), never through a helper function with bounds, so
+/// that an error names the user's code and no file of the runtime.
 pub(crate) struct Runtime {
     /// `<crate>::__private`.
     pub(crate) private: TokenStream,
@@ -79,13 +83,11 @@ pub(crate) struct Runtime {
     context: TokenStream,
     /// What the wrapper returns: `HandlerFuture` or `RouteFuture`.
     future: TokenStream,
-    /// `extract` or `extract_route`.
-    extract: TokenStream,
-    /// `finish` or `finish_route`.
-    finish: TokenStream,
-    /// `boxed` or `boxed_route`.
-    boxed: TokenStream,
-    /// The extractor trait: `FromContext` or `FromRoute`.
+    /// The trait of the return value: `IntoHandlerResult` or `IntoReply`.
+    finish_trait: TokenStream,
+    /// Its method: `into_handler_result` or `into_reply`.
+    finish_method: TokenStream,
+    /// The extractor trait: `FromContext<Context>` or `FromContext<RouteContext>`.
     extractor: TokenStream,
 }
 
@@ -94,26 +96,27 @@ impl Runtime {
     pub(crate) fn new(kind: Kind, krate: Option<&Path>) -> Self {
         let krate = krate.map_or_else(|| quote!(::switchboard), ToTokens::to_token_stream);
         let private = quote!(#krate::__private);
-        match kind {
-            Kind::Subscriber => Self {
-                context: quote!(#private::Context),
-                future: quote!(#private::HandlerFuture),
-                extract: quote!(#private::extract),
-                finish: quote!(#private::finish),
-                boxed: quote!(#private::boxed),
-                extractor: quote!(#private::FromContext),
-                private,
-            },
-            Kind::Route => Self {
-                context: quote!(#private::RouteContext),
-                future: quote!(#private::RouteFuture),
-                extract: quote!(#private::extract_route),
-                finish: quote!(#private::finish_route),
-                boxed: quote!(#private::boxed_route),
-                // Public API; `__private` does not re-export it.
-                extractor: quote!(#krate::__private::FromRoute),
-                private,
-            },
+        let (context, future, finish_trait, finish_method) = match kind {
+            Kind::Subscriber => (
+                quote!(#private::Context),
+                quote!(#private::HandlerFuture),
+                quote!(#private::IntoHandlerResult),
+                quote!(into_handler_result),
+            ),
+            Kind::Route => (
+                quote!(#private::RouteContext),
+                quote!(#private::RouteFuture),
+                quote!(#private::IntoReply),
+                quote!(into_reply),
+            ),
+        };
+        Self {
+            extractor: quote!(#private::FromContext<#context>),
+            context,
+            future,
+            finish_trait,
+            finish_method,
+            private,
         }
     }
 }
@@ -198,7 +201,9 @@ pub(crate) fn handler<'a>(runtime: &Runtime, sig: &'a Signature) -> (TokenStream
         private,
         context,
         future,
-        ..
+        extractor,
+        finish_trait,
+        finish_method,
     } = runtime;
     // One extraction per argument, spanned at its type: `x: u32` is reported at `u32`.
     let mut extractions = Vec::new();
@@ -210,11 +215,16 @@ pub(crate) fn handler<'a>(runtime: &Runtime, sig: &'a Signature) -> (TokenStream
         };
         let ty = &*arg.ty;
         let var = format_ident!("__arg{}", index);
-        let extract = spanned_turbofish(&runtime.extract, ty);
+        let (first, _) = first_last_spans(ty.to_token_stream());
+        // `<T as FromContext<Cx>>::__extract` spanned at the type: an argument that is not an
+        // extractor is reported there, once (the result's types name no projection).
+        let extract = quote_spanned!(first=> <#ty as #extractor>::__extract);
         extractions.push(quote! {
             let #var: #ty = match #extract(&__cx) {
                 #private::Ok(__value) => __value,
-                #private::Err(__rejection) => return #private::Err(__rejection),
+                #private::Err(__rejection) => {
+                    return #private::Err(#private::HandlerFailure::Rejected(__rejection))
+                }
             };
         });
         types.push(ty);
@@ -226,28 +236,28 @@ pub(crate) fn handler<'a>(runtime: &Runtime, sig: &'a Signature) -> (TokenStream
     if sig.asyncness.is_some() {
         call = quote!(#call.await);
     }
-    // `finish::<R>` spanned at the return type: `-> u32` is reported at `u32`.
+    // `<R as IntoHandlerResult>` spanned at the return type: `-> u32` is reported at `u32`.
     let finish = match &sig.output {
-        ReturnType::Default => {
-            let finish = &runtime.finish;
-            quote!(#finish(#call))
-        }
+        ReturnType::Default => quote!(<() as #finish_trait>::#finish_method),
         ReturnType::Type(_, ty) => {
-            let finish = spanned_turbofish(&runtime.finish, ty);
-            quote!(#finish(#call))
+            let (first, _) = first_last_spans(ty.to_token_stream());
+            quote_spanned!(first=> <#ty as #finish_trait>::#finish_method)
         }
     };
-    // Spanned at the function's name: a future that is not `Send` is reported there.
-    let boxed = respan(runtime.boxed.clone(), ident.span());
-    let body = quote_spanned! {ident.span()=>
-        #boxed(async move {
+    // The coercion to the boxed `Send` future is spanned at the function's name: a future that is
+    // not `Send` is reported there.
+    let boxed = quote_spanned! {ident.span()=>
+        ::std::boxed::Box::pin(async move {
             #(#extractions)*
-            #finish
+            match #finish(#call) {
+                #private::Ok(__value) => #private::Ok(__value),
+                #private::Err(__error) => #private::Err(#private::HandlerFailure::Failed(__error)),
+            }
         })
     };
     let handler = quote! {
         fn __switchboard_handler(__cx: #context) -> #future {
-            #body
+            #boxed
         }
     };
     (handler, types)
@@ -265,20 +275,34 @@ fn matchers(private: &TokenStream, matchers: &[Matcher]) -> (Vec<TokenStream>, V
             Matcher::ChannelConst(path) => {
                 // Typed once, so a constant of the wrong type is reported once, at the path; an
                 // invalid value then fails const evaluation of the assertion, reported there too.
+                // The panics are here, spanned at the constant, so that the error names no file of
+                // the runtime.
                 let constant = format_ident!("__SWITCHBOARD_CHANNEL_{}", assertions.len());
                 let (first, _) = first_last_spans(path.to_token_stream());
-                let assert = respan(quote!(const _: () = #private::assert_channel), first);
                 assertions.push(quote_spanned! {first=>
                     const #constant: &'static str = #path;
-                    #assert(#constant);
+                    const _: () = match #private::channel_problem(#constant) {
+                        #private::CHANNEL_EMPTY => ::core::panic!(
+                            "invalid channel constant: the channel name is empty; use a non-empty Redis channel name or \"*\""
+                        ),
+                        #private::CHANNEL_WHITESPACE => ::core::panic!(
+                            "invalid channel constant: the channel name contains whitespace or a control character; remove it"
+                        ),
+                        _ => {}
+                    };
                 });
                 quote!(#private::MatcherSpec::Channel(#constant))
             }
             Matcher::Predicate(path) => {
-                // A function with the wrong signature is reported at the path.
+                // A function with the wrong signature is reported at the path, against a type
+                // written here (not the runtime's variant).
                 let (first, _) = first_last_spans(path.to_token_stream());
-                let predicate = respan(quote!(#private::MatcherSpec::Predicate), first);
-                quote_spanned!(first=> #predicate(#path))
+                quote_spanned! {first=>
+                    #private::MatcherSpec::Predicate({
+                        const __SWITCHBOARD_PREDICATE: for<'a, 'b> fn(&'a #private::MatchContext<'b>) -> bool = #path;
+                        __SWITCHBOARD_PREDICATE
+                    })
+                }
             }
         })
         .collect();
@@ -328,15 +352,6 @@ pub(crate) fn requirements(runtime: &Runtime, types: &[&Type]) -> TokenStream {
     }
 }
 
-/// `path::<ty>` where `path<` carries the span of the type's first token and `>` the span of its
-/// last token, so that an unsatisfied bound on the type argument underlines the whole type.
-fn spanned_turbofish(path: &TokenStream, ty: &Type) -> TokenStream {
-    let (first, last) = first_last_spans(ty.to_token_stream());
-    let open = respan(quote!(#path::<), first);
-    let close = quote_spanned!(last=> >);
-    quote!(#open #ty #close)
-}
-
 fn first_last_spans(tokens: TokenStream) -> (Span, Span) {
     let mut tokens = tokens.into_iter();
     let first = tokens
@@ -344,24 +359,6 @@ fn first_last_spans(tokens: TokenStream) -> (Span, Span) {
         .map_or_else(Span::call_site, |token| token.span());
     let last = tokens.last().map_or(first, |token| token.span());
     (first, last)
-}
-
-/// The same tokens, all with `span`.
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut token| {
-            if let TokenTree::Group(group) = &token {
-                let mut new =
-                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
-                new.set_span(span);
-                token = TokenTree::Group(new);
-            } else {
-                token.set_span(span);
-            }
-            token
-        })
-        .collect()
 }
 
 /// `10` or `-10` (a negative literal token would not survive every round trip).

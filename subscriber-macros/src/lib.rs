@@ -8,24 +8,27 @@
 //! block next to it. The block holds:
 //!
 //! - a non-generic wrapper `fn(Context) -> HandlerFuture` that extracts every argument with
-//!   `__private::extract::<T>` (spanned at the argument's type, so a type that is not an extractor
-//!   is reported there), calls the function (awaiting it when it is `async`) and maps its result
-//!   with `__private::finish::<R>` (spanned at the return type);
+//!   `<T as FromContext<Context>>::__extract` (spanned at the argument's type, so a type that is
+//!   not an extractor is reported there, once), calls the function (awaiting it when it is
+//!   `async`) and maps its result with `<R as IntoHandlerResult>::into_handler_result` (spanned at
+//!   the return type); the boxed future's coercion to `Send` is spanned at the function's name;
 //! - a `fn(&mut Requirements)` that declares what the extractors need (state types); it skips,
 //!   through autoref specialization, a type that is not an extractor, which the wrapper already
 //!   reports (so the user sees that error once);
-//! - a `const` assertion per channel constant (`channel = event::FOO`), so that an invalid constant
-//!   fails at compile time;
+//! - a `const` check per channel constant (`channel = event::FOO`) that panics, at the constant,
+//!   when it is invalid, so that it fails at compile time;
 //! - the `Registration` descriptor, submitted through `__private::register!`, which picks
 //!   `inventory` or a `linkme` distributed slice.
 //!
-//! `#[websocket_route]` generates the same shape with the route side of the runtime: a
-//! `fn(RouteContext) -> RouteFuture` built with `extract_route`, `finish_route` and `boxed_route`,
-//! the requirements of its `FromRoute` arguments, and a `RouteRegistration` submitted through
+//! `#[websocket_route]` generates the same shape for the WebSocket server's routes: a
+//! `fn(RouteContext) -> RouteFuture` whose arguments are `FromContext<RouteContext>` and whose
+//! result goes through `IntoReply`, and a `RouteRegistration` submitted through
 //! `__private::register_route!`.
 //!
-//! Generated code names `<crate>::__private::...` (and `<crate>::FromRoute` for route
-//! requirements), where `<crate>` is `::switchboard` or the `crate = "..."` override.
+//! Generated code names `<crate>::__private::...`, where `<crate>` is `::switchboard` or the
+//! `crate = "..."` override, and checks every bound through a trait-qualified path at the user's
+//! token rather than through a helper function with bounds, so that no error names a file of the
+//! runtime.
 //!
 //! # Errors
 //!

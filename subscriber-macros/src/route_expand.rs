@@ -85,11 +85,13 @@ mod tests {
         .to_string();
         assert!(output.starts_with("async fn send"), "{output}");
         assert!(output.contains("__SWITCHBOARD_ROUTE_SEND"), "{output}");
-        assert!(output.contains("extract_route"), "{output}");
-        assert!(output.contains("finish_route"), "{output}");
-        assert!(output.contains("boxed_route"), "{output}");
         assert!(
-            output.contains(":: switchboard :: __private :: FromRoute"),
+            output.contains(":: switchboard :: __private :: FromContext < :: switchboard :: __private :: RouteContext >"),
+            "{output}"
+        );
+        assert!(output.contains("IntoReply > :: into_reply"), "{output}");
+        assert!(
+            output.contains(":: switchboard :: __private :: RouteFuture"),
             "{output}"
         );
         assert!(output.contains("register_route"), "{output}");

@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+/// A boxed error that any handler error converts into.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Where a handler was defined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -72,36 +75,34 @@ pub enum BuildError {
     /// An inline subscriber was given an empty name.
     #[error("an inline subscriber has an empty name: give it one with `.name(\"...\")`")]
     EmptyName,
-    /// Two client routes have the same `type:action`.
-    #[error("two client routes are registered for `{route}`: one at {first}, one at {second}; remove one of them")]
-    DuplicateRoute {
-        /// The `type:action`.
-        route: String,
-        /// The first route.
-        first: Location,
-        /// The second route.
-        second: Location,
+    /// A plugin refused to build (the WebSocket server's errors, for example); its own error is
+    /// the source, and [`BuildError::plugin_error`] downcasts it.
+    #[error("{plugin}: {source}")]
+    Plugin {
+        /// The plugin's name.
+        plugin: &'static str,
+        /// Its error.
+        #[source]
+        source: BoxError,
     },
-    /// [`Builder::prometheus`](crate::Builder) was given a path that cannot be served.
-    #[error("cannot serve Prometheus metrics at {path:?}: {reason}")]
-    InvalidMetricsPath {
-        /// The path as given.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// [`Builder::prometheus`](crate::Builder) cannot install its recorder: another global
-    /// `metrics` recorder is already installed in this process.
-    #[error("cannot install the Prometheus recorder: another global `metrics` recorder is already installed; leave out `.prometheus(...)` to emit into that recorder, and serve it yourself")]
-    MetricsRecorderInstalled,
-    /// A client route cannot be registered.
-    #[error("client route `{route}` cannot be registered: {reason}")]
-    InvalidRoute {
-        /// The `type:action`.
-        route: String,
-        /// What is wrong.
-        reason: String,
-    },
+}
+
+impl BuildError {
+    /// A plugin's own build error.
+    pub fn plugin(plugin: &'static str, error: impl Into<BoxError>) -> Self {
+        Self::Plugin {
+            plugin,
+            source: error.into(),
+        }
+    }
+
+    /// The plugin error of type `E` this is, if it is one.
+    pub fn plugin_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Plugin { source, .. } => source.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
 }
 
 /// A broker could not do what was asked.

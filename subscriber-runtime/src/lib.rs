@@ -1,64 +1,58 @@
-//! The runtime of Switchboard: registration, registry, routing, dispatch, brokers, the WebSocket
-//! handle and test support.
+//! The core of Switchboard: envelope, matchers, brokers, publishing, the handler framework
+//! (context, extractors, handlers), registration, registry, routing, dispatch and the
+//! application, with the [`plugin`] hook through which the WebSocket server (crate
+//! `subscriber-server`) and the test kit (`subscriber-testkit`) take part. It knows nothing of
+//! WebSockets, HTTP or JWT.
 //!
 //! Use it through the `switchboard` crate, which re-exports everything here together with the
-//! `#[websocket_subscriber]` attribute.
+//! attributes.
 #![deny(missing_docs)]
 #![allow(
     clippy::result_large_err,
     reason = "`BuildError` is returned once, at startup, never on a hot path; its variants carry the names and locations a user needs to fix the handler"
 )]
 
+// The layers, bottom up, in the order a message meets them: what a message is and how it is
+// matched; the brokers that carry it; the handler framework; dispatch (registry, routing, running
+// the handlers); the application that puts it together. Each layer imports only from the layers
+// below it (`error` and `observe` are below them all).
 mod app;
 pub mod broker;
-mod context;
 mod dispatch;
-pub mod envelope;
 mod error;
-pub mod event;
-mod extract;
 mod handler;
-mod matcher;
+mod message;
+mod observe;
 mod publish;
-mod registration;
-mod registry;
-mod routing;
-mod server;
-mod stats;
-mod subscriber;
-mod telemetry;
-pub mod testing;
 
+pub use app::plugin;
 pub use app::{Builder, Running, Switchboard};
 pub use broker::{Broker, MemoryBroker};
-pub use context::Context;
-pub use dispatch::Outcome;
-pub use envelope::PayloadLimits;
-pub use error::{BrokerError, BuildError, Error, Location, PublishError};
-pub use extract::{
-    Channel, Envelope, FromContext, Message, MessageRejection, MissingState, Raw, State,
+pub use dispatch::registry::{HandlerInfo, HandlerSource};
+pub use dispatch::{DispatchEvent, Outcome};
+pub use error::{BoxError, BrokerError, BuildError, Error, Location, PublishError};
+pub use handler::context::{Context, HandlerContext, MessageContext, Resources};
+pub use handler::extract::{
+    Channel, FromContext, Message, MessageRejection, MissingState, Raw, Requirements, State,
 };
-pub use handler::{Async, Blocking, BoxError, Handler, HandlerResult, IntoHandlerResult};
-pub use matcher::{MatchContext, Matcher};
+pub use handler::registration::BACKEND;
+pub use handler::subscriber::{InlineSubscriber, Subscriber};
+pub use handler::{Async, Blocking, Finish, Handler, HandlerResult, IntoHandlerResult};
+pub use message::envelope::{Envelope, PayloadLimits};
+pub use message::matcher::{MatchContext, Matcher};
+pub use message::{envelope, event};
+pub use observe::stats::{RateLimit, Stats};
+pub use observe::telemetry;
 pub use publish::Publisher;
-pub use registration::{Requirements, BACKEND};
-pub use registry::{HandlerInfo, HandlerSource};
-pub use server::{
-    Client, ClientId, ClientInfo, ClientMessage, Data, DataRejection, DisconnectReason, Frame,
-    FromRoute, IntoReply, InvalidClientId, InvalidSecret, JwtSecret, Outgoing, Reply, RoomError,
-    RoomPolicy, RouteContext, RouteHandler, User, UserId, WebSocket, WebSocketConfig, WS_PATH,
-};
-pub use stats::Stats;
-pub use subscriber::{InlineSubscriber, Subscriber};
 
 /// Not public API: hooks for the project's benchmarks.
 #[doc(hidden)]
 pub mod __bench {
     /// Parses a payload and handles its envelope as the dispatcher does; true when accepted.
     pub fn parse_envelope(payload: &[u8]) -> bool {
-        crate::envelope::parse(
+        crate::message::envelope::parse(
             payload,
-            &crate::envelope::PayloadLimits {
+            &crate::message::envelope::PayloadLimits {
                 max_bytes: usize::MAX,
                 max_depth: 128,
             },
@@ -67,25 +61,22 @@ pub mod __bench {
     }
 }
 
-/// Not public API: used by the code `#[websocket_subscriber]` generates.
+/// Not public API: used by the code `#[websocket_subscriber]` generates, and by the crates on top
+/// of the core.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::__switchboard_register as register;
-    pub use crate::__switchboard_register_route as register_route;
-    pub use crate::context::Context;
-    pub use crate::extract::FromContext;
-    pub use crate::handler::{boxed, extract, finish, HandlerFailure, HandlerFuture};
-    pub use crate::matcher::MatchContext;
+    pub use crate::app::DefaultPlugin;
+    pub use crate::handler::context::{Context, HandlerContext};
+    pub use crate::handler::extract::FromContext;
+    pub use crate::handler::extract::Requirements;
     #[cfg(feature = "linkme")]
-    pub use crate::registration::REGISTRATIONS;
-    pub use crate::registration::{assert_channel, MatcherSpec, Registration, Requirements};
-    pub use crate::server::routes::FromRoute;
-    #[cfg(feature = "linkme")]
-    pub use crate::server::routes::ROUTES;
-    pub use crate::server::routes::{
-        boxed as boxed_route, extract as extract_route, finish as finish_route, RouteContext,
-        RouteFailure, RouteFuture, RouteRegistration,
+    pub use crate::handler::registration::REGISTRATIONS;
+    pub use crate::handler::registration::{
+        channel_problem, MatcherSpec, Registration, CHANNEL_EMPTY, CHANNEL_OK, CHANNEL_WHITESPACE,
     };
+    pub use crate::handler::{erase, DynHandler, HandlerFailure, HandlerFuture, IntoHandlerResult};
+    pub use crate::message::matcher::MatchContext;
     pub use core::result::Result::{Err, Ok};
     pub use inventory;
     #[cfg(feature = "linkme")]

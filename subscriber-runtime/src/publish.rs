@@ -7,8 +7,8 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::broker::Broker;
-use crate::envelope;
 use crate::error::PublishError;
+use crate::message::envelope;
 
 /// Publishes messages through the application's broker, adding the envelope (`workerId`, and
 /// `includeSender` when asked) so that every worker can tell who sent what.
@@ -42,7 +42,9 @@ impl fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn new(broker: Arc<dyn Broker>, worker_id: Arc<str>) -> Self {
+    /// A publisher on `broker` that signs its messages as the worker `worker_id` (an application's
+    /// own publisher is [`Running::publisher`](crate::Running::publisher)).
+    pub fn new(broker: Arc<dyn Broker>, worker_id: Arc<str>) -> Self {
         Self { broker, worker_id }
     }
 

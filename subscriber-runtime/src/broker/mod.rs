@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BrokerError;
-use crate::stats::{Counters, InFlight, RateLimit};
+use crate::observe::stats::{Counters, InFlight, RateLimit};
 
 mod memory;
 mod redis;

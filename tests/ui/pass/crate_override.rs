@@ -11,14 +11,21 @@ mod switchboard {}
 
 static SHIM_FINISHED: AtomicUsize = AtomicUsize::new(0);
 
-/// A stand-in for the crate: everything from `sb`, but a `finish` that counts its calls.
+/// A stand-in for the crate: everything from `sb`, but an `IntoHandlerResult` that counts its
+/// calls.
 mod shim {
     pub mod __private {
         pub use sb::__private::*;
 
-        pub fn finish<R: sb::IntoHandlerResult>(result: R) -> Result<(), HandlerFailure> {
-            let _ = super::super::SHIM_FINISHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            sb::__private::finish(result)
+        pub trait IntoHandlerResult {
+            fn into_handler_result(self) -> Result<(), sb::BoxError>;
+        }
+
+        impl<R: sb::IntoHandlerResult> IntoHandlerResult for R {
+            fn into_handler_result(self) -> Result<(), sb::BoxError> {
+                let _ = super::super::SHIM_FINISHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                sb::IntoHandlerResult::into_handler_result(self)
+            }
         }
     }
 }

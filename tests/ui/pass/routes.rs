@@ -7,7 +7,7 @@ extern crate switchboard as sb;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard::prelude::*;
-use switchboard::{BoxError, BuildError, RouteContext};
+use switchboard::{BoxError, RouteContext, ServerError};
 
 #[derive(Deserialize)]
 struct Greet {
@@ -100,12 +100,15 @@ fn main() {
             .build()
             .err()
             .expect("duplicate route");
-        match error {
-            sb::Error::Build(BuildError::DuplicateRoute { route, first, .. }) => {
-                assert_eq!(route, format!("pass:{action}"));
+        let sb::Error::Build(build) = &error else {
+            panic!("{error}");
+        };
+        match build.plugin_error() {
+            Some(ServerError::DuplicateRoute { route, first, .. }) => {
+                assert_eq!(*route, format!("pass:{action}"));
                 assert!(first.file.ends_with("routes.rs"), "{first}");
             }
-            other => panic!("{other}"),
+            _ => panic!("{error}"),
         }
     }
     Switchboard::builder()

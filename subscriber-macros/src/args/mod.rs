@@ -1,0 +1,346 @@
+//! Parsing of `#[websocket_subscriber(key = value, ...)]`, and the key-parsing helpers that
+//! `#[websocket_route(...)]` (see `route_args`) shares with it.
+//!
+//! Syntax errors (a missing `=`, an unparsable value) stop the parse. Every other mistake (a bad
+//! value, an invalid channel, a repeated or unknown key, a forbidden combination) is recorded with
+//! a span on the offending token and parsing goes on, so that all of them are reported at once.
+//!
+//! The submodules follow the steps of the parse:
+//! - `keys`: the `key = value` loop helpers (assignment into slots, unknown keys and typo
+//!   suggestions), shared with `route_args`;
+//! - `expr`: looking inside a value expression (invisible groups, plain paths, string literals);
+//! - `matching`: the values of `channel`, `channels` and `match`, and the duplicate check;
+//! - `values`: the values of `priority`, `name`, `description` and `crate`.
+
+mod expr;
+mod keys;
+mod matching;
+mod values;
+
+use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream};
+use syn::{Error, Ident, LitStr, Path, Token};
+
+use crate::Errors;
+
+pub(crate) use expr::{string_literal, ungroup};
+pub(crate) use keys::{assign, closest_key, skip_value, unknown_key, value, Slot};
+pub(crate) use values::{description, krate, name};
+
+use matching::{channel, channels, check_duplicates, matchers};
+use values::priority;
+
+pub(crate) mod kw {
+    syn::custom_keyword!(action);
+    syn::custom_keyword!(channel);
+    syn::custom_keyword!(channels);
+    syn::custom_keyword!(priority);
+    syn::custom_keyword!(name);
+    syn::custom_keyword!(description);
+}
+
+/// Every key the attribute accepts, in the order the error messages list them.
+pub(crate) const KEYS: &[&str] = &[
+    "channel",
+    "channels",
+    "match",
+    "priority",
+    "name",
+    "description",
+    "crate",
+];
+
+/// One matcher, as written.
+pub(crate) enum Matcher {
+    /// `"name"`: an exact channel (`"*"`: every channel). Already validated.
+    Channel(LitStr),
+    /// `channel = some::CONST`: a `&'static str` constant, checked by a const assertion.
+    ChannelConst(Path),
+    /// `regex("...")`. Already validated.
+    Regex(LitStr),
+    /// `pattern("...")`, a Redis glob. Already validated.
+    Pattern(LitStr),
+    /// A path to a `fn(&MatchContext<'_>) -> bool`.
+    Predicate(Path),
+}
+
+/// The parsed attribute arguments, with the errors found in them.
+pub(crate) struct Args {
+    /// Every matcher of `channel`, `channels` and `match`, in the order written.
+    pub(crate) matchers: Vec<Matcher>,
+    pub(crate) priority: i32,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) description: Option<LitStr>,
+    /// The path to the `switchboard` crate, when overridden.
+    pub(crate) krate: Option<Path>,
+    /// The non-fatal errors.
+    pub(crate) errors: Errors,
+}
+
+#[derive(Default)]
+struct Slots {
+    channel: Slot<kw::channel, Matcher>,
+    channels: Slot<kw::channels, Vec<Matcher>>,
+    matchers: Slot<Token![match], Vec<Matcher>>,
+    priority: Slot<kw::priority, i32>,
+    name: Slot<kw::name, LitStr>,
+    description: Slot<kw::description, LitStr>,
+    krate: Slot<Token![crate], Path>,
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut slots = Slots::default();
+        let mut errors = Errors::default();
+        let mut conflict_reported = false;
+        // A misspelled `channel`, `channels` or `match` already has an error saying so.
+        let mut misspelled_matcher_key = false;
+        while !input.is_empty() {
+            let key_span = input.span();
+            let lookahead = input.lookahead1();
+            if lookahead.peek(kw::channel) {
+                assign(input, &mut slots.channel, &mut errors, channel)?;
+                if slots.channels.is_some() && !conflict_reported {
+                    conflict_reported = true;
+                    errors.push(channel_and_channels(key_span));
+                }
+            } else if lookahead.peek(kw::channels) {
+                assign(input, &mut slots.channels, &mut errors, channels)?;
+                if slots.channel.is_some() && !conflict_reported {
+                    conflict_reported = true;
+                    errors.push(channel_and_channels(key_span));
+                }
+            } else if lookahead.peek(Token![match]) {
+                assign(input, &mut slots.matchers, &mut errors, matchers)?;
+            } else if lookahead.peek(kw::priority) {
+                assign(input, &mut slots.priority, &mut errors, priority)?;
+            } else if lookahead.peek(kw::name) {
+                assign(input, &mut slots.name, &mut errors, name)?;
+            } else if lookahead.peek(kw::description) {
+                assign(input, &mut slots.description, &mut errors, description)?;
+            } else if lookahead.peek(Token![crate]) {
+                assign(input, &mut slots.krate, &mut errors, krate)?;
+            } else if input.peek(Ident::peek_any) {
+                let key = input.call(Ident::parse_any)?;
+                let suggestion = closest_key(&key.unraw().to_string(), KEYS);
+                misspelled_matcher_key |=
+                    matches!(suggestion, Some("channel" | "channels" | "match"));
+                errors.push(unknown_key(&key, KEYS, suggestion));
+                skip_value(input)?;
+            } else {
+                return Err(lookahead.error());
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+
+        if slots.channel.is_none()
+            && slots.channels.is_none()
+            && slots.matchers.is_none()
+            && !misspelled_matcher_key
+        {
+            errors.push(Error::new(
+                Span::call_site(),
+                "a subscriber needs at least one of `channel`, `channels` or `match`: \
+                 write e.g. `#[websocket_subscriber(channel = \"queueJobCompleted\")]`, \
+                 or `channel = \"*\"` for every channel",
+            ));
+        }
+
+        let mut all = Vec::new();
+        all.extend(value(slots.channel));
+        all.extend(value(slots.channels).into_iter().flatten());
+        all.extend(value(slots.matchers).into_iter().flatten());
+        check_duplicates(&all, &mut errors);
+
+        Ok(Args {
+            matchers: all,
+            priority: value(slots.priority).unwrap_or(0),
+            name: value(slots.name),
+            description: value(slots.description),
+            krate: value(slots.krate),
+            errors,
+        })
+    }
+}
+
+fn channel_and_channels(span: Span) -> Error {
+    Error::new(
+        span,
+        "`channel` and `channels` cannot be used together: \
+         put every channel in `channels = [\"a\", \"b\"]`",
+    )
+}
+
+impl Matcher {
+    /// The value's tokens (for tests and debugging).
+    #[cfg(test)]
+    fn describe(&self) -> String {
+        let tokens: proc_macro2::TokenStream = match self {
+            Matcher::Channel(lit) => quote::quote!(channel(#lit)),
+            Matcher::ChannelConst(path) => quote::quote!(channel_const(#path)),
+            Matcher::Regex(lit) => quote::quote!(regex(#lit)),
+            Matcher::Pattern(lit) => quote::quote!(pattern(#lit)),
+            Matcher::Predicate(path) => quote::quote!(predicate(#path)),
+        };
+        tokens.to_string().replace(' ', "")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proc_macro2::TokenStream;
+    use quote::{quote, ToTokens};
+
+    fn parse(tokens: TokenStream) -> Args {
+        syn::parse2(tokens).expect("no syntax error")
+    }
+
+    fn errors_of(tokens: TokenStream) -> Vec<String> {
+        match parse(tokens).errors.into_result() {
+            Ok(()) => Vec::new(),
+            Err(error) => error.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_key() {
+        let args = parse(quote!(
+            channel = "a",
+            match = [regex("^b"), pattern("c*"), "*", is_admin],
+            priority = -10,
+            name = "n",
+            description = "d",
+            crate = "sb"
+        ));
+        assert!(args.errors.is_empty());
+        let matchers: Vec<String> = args.matchers.iter().map(Matcher::describe).collect();
+        assert_eq!(
+            matchers,
+            [
+                "channel(\"a\")",
+                "regex(\"^b\")",
+                "pattern(\"c*\")",
+                "channel(\"*\")",
+                "predicate(is_admin)"
+            ]
+        );
+        assert_eq!(args.priority, -10);
+        assert_eq!(args.name.unwrap().value(), "n");
+        assert_eq!(args.description.unwrap().value(), "d");
+        assert_eq!(args.krate.unwrap().to_token_stream().to_string(), "sb");
+    }
+
+    #[test]
+    fn channel_paths() {
+        let args = parse(quote!(channels = ["a", event::B, C]));
+        let matchers: Vec<String> = args.matchers.iter().map(Matcher::describe).collect();
+        assert_eq!(
+            matchers,
+            [
+                "channel(\"a\")",
+                "channel_const(event::B)",
+                "channel_const(C)"
+            ]
+        );
+    }
+
+    #[test]
+    fn priority_bounds() {
+        assert_eq!(
+            parse(quote!(channel = "a", priority = 2147483647)).priority,
+            i32::MAX
+        );
+        assert_eq!(
+            parse(quote!(channel = "a", priority = -2147483648)).priority,
+            i32::MIN
+        );
+        assert_eq!(parse(quote!(channel = "a", priority = 7i32)).priority, 7);
+        for bad in [
+            quote!(priority = 2147483648),
+            quote!(priority = -2147483649),
+            quote!(priority = 99999999999999999999999),
+        ] {
+            let errors = errors_of(quote!(channel = "a", #bad));
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].contains("out of range"), "{errors:?}");
+        }
+        let errors = errors_of(quote!(channel = "a", priority = "5"));
+        assert!(errors[0].contains("remove the quotes"), "{errors:?}");
+        let errors = errors_of(quote!(channel = "a", priority = 5u8));
+        assert!(errors[0].contains("remove the `u8` suffix"), "{errors:?}");
+    }
+
+    #[test]
+    fn collects_several_errors() {
+        let errors = errors_of(quote!(
+            channel = "",
+            channels = ["x y"],
+            priority = 1.5,
+            priority = 2,
+            chanel = "x",
+            name = ""
+        ));
+        assert_eq!(errors.len(), 7, "{errors:?}");
+        assert!(errors[0].starts_with("channel name is empty"));
+        assert!(errors[1].contains("contains a space"));
+        assert!(errors[2].starts_with("`channel` and `channels` cannot be used together"));
+        assert!(errors[3].starts_with("expected an integer"));
+        assert!(errors[4].starts_with("`priority` given more than once"));
+        assert!(errors[5].starts_with("unknown key `chanel`: did you mean `channel`?"));
+        assert!(errors[6].starts_with("the handler name is empty"));
+    }
+
+    #[test]
+    fn needs_a_matcher() {
+        let errors = errors_of(quote!(priority = 1));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("at least one of `channel`, `channels` or `match`"));
+        // An invalid channel still counts as given: no second, misleading error.
+        assert_eq!(errors_of(quote!(channel = "")).len(), 1);
+        // So does a misspelled key, which has its own error.
+        assert_eq!(errors_of(quote!(chanels = ["a"])).len(), 1);
+        assert_eq!(errors_of(quote!(timeout = 5)).len(), 2);
+    }
+
+    #[test]
+    fn matcher_errors_of() {
+        let cases = [
+            (quote!(match = regex("(")), "invalid regex"),
+            (quote!(match = pattern("a[b")), "never closed"),
+            (quote!(match = regex()), "takes one string literal"),
+            (quote!(match = glob("a*")), "unknown matcher"),
+            (quote!(match = []), "`match` is empty"),
+            (quote!(match = event::FOO), "looks like a constant"),
+            (quote!(match = |_| true), "closures are not supported"),
+            (quote!(channels = []), "`channels` is empty"),
+            (quote!(channels = "a"), "`channels` takes an array"),
+            (quote!(channel = ["a"]), "for several, write `channels"),
+            (quote!(channels = ["a", "a"]), "listed more than once"),
+            (quote!(channel = "a", crate = "not a path"), "is not a path"),
+            (
+                quote!(channel = "a", description = 5),
+                "`description` takes a string",
+            ),
+        ];
+        for (tokens, expected) in cases {
+            let errors = errors_of(tokens.clone());
+            assert_eq!(errors.len(), 1, "{tokens}: {errors:?}");
+            assert!(errors[0].contains(expected), "{tokens}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_fatal() {
+        let error = syn::parse2::<Args>(quote!(channel "a")).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "expected `=` after `channel`: write `channel = ...`"
+        );
+        assert!(syn::parse2::<Args>(quote!("a")).is_err());
+    }
+}

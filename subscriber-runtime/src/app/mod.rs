@@ -1,0 +1,406 @@
+//! The application: [`Switchboard::builder`] collects handlers, state and options; `build()`
+//! validates everything; `start()` subscribes and starts dispatching.
+
+pub mod plugin;
+mod switchboard;
+
+pub use switchboard::{Running, Switchboard};
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::{Broker, MemoryBroker, Subscriptions};
+use crate::dispatch::registry::{self, RegistryOptions};
+use crate::dispatch::{DispatchConfig, DispatchEvent, Dispatcher, Observer};
+use crate::error::{BuildError, Error};
+use crate::handler::context::{Resources, StateMap};
+use crate::handler::subscriber::InlineSubscriber;
+use crate::message::envelope::PayloadLimits;
+use crate::message::matcher::Compiled;
+use crate::observe::stats::{Counters, InFlight};
+use crate::publish::Publisher;
+use plugin::{Plugin, PluginContext, Plugins};
+
+/// Configures and builds a Switchboard application. Start with [`Switchboard::builder`].
+#[must_use = "a builder does nothing until `build()` is called"]
+pub struct Builder {
+    broker: Option<Arc<dyn Broker>>,
+    states: StateMap,
+    inline: Vec<InlineSubscriber>,
+    options: RegistryOptions,
+    worker_id: Option<String>,
+    limits: PayloadLimits,
+    handler_timeout: Duration,
+    max_concurrent_channels: usize,
+    queue_capacity: usize,
+    shutdown_grace: Duration,
+    listen: BTreeSet<String>,
+    framework_channels: bool,
+    observers: Vec<Observer>,
+    plugins: Plugins,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("broker", &self.broker.as_ref().map(|b| b.kind()))
+            .field("states", &self.states)
+            .field("inline", &self.inline)
+            .field("worker_id", &self.worker_id)
+            .field("plugins", &self.plugins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            broker: None,
+            states: StateMap::default(),
+            inline: Vec::new(),
+            options: RegistryOptions::default(),
+            worker_id: None,
+            limits: PayloadLimits::default(),
+            handler_timeout: Duration::from_secs(30),
+            max_concurrent_channels: 64,
+            queue_capacity: 10_000,
+            shutdown_grace: Duration::from_secs(10),
+            listen: BTreeSet::new(),
+            framework_channels: true,
+            observers: Vec::new(),
+            plugins: linked_plugins(),
+        }
+    }
+}
+
+/// A plugin that every application of a binary gets unless it leaves it out: submitted at link
+/// time by a crate whose plugin an application should not have to ask for (the WebSocket server
+/// submits itself, so that linking it is enough to serve clients). Not public API.
+#[doc(hidden)]
+pub struct DefaultPlugin {
+    /// Makes the plugin with its defaults.
+    pub make: fn() -> Box<dyn Plugin>,
+}
+
+impl fmt::Debug for DefaultPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DefaultPlugin")
+    }
+}
+
+inventory::collect!(DefaultPlugin);
+
+fn linked_plugins() -> Plugins {
+    Plugins(
+        inventory::iter::<DefaultPlugin>
+            .into_iter()
+            .map(|p| (p.make)())
+            .collect(),
+    )
+}
+
+impl Builder {
+    /// Uses this broker (default: a new in-process [`MemoryBroker`]).
+    pub fn broker(mut self, broker: impl Broker) -> Self {
+        self.broker = Some(Arc::new(broker));
+        self
+    }
+
+    /// Picks the broker from the environment: a
+    /// [`RedisBroker`](crate::broker::RedisBroker) on `REDIS_URL` when it is set and not empty
+    /// (namespaced with `REDIS_NAMESPACE` when that is set and not empty), otherwise the
+    /// in-process [`MemoryBroker`].
+    ///
+    /// # Errors
+    /// [`Error::Broker`] with [`BrokerError::Config`](crate::BrokerError::Config) when
+    /// `REDIS_URL` is not a valid Redis URL.
+    pub fn broker_from_env(self) -> Result<Self, Error> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        match var("REDIS_URL") {
+            Some(url) => {
+                let mut broker = crate::broker::RedisBroker::from_url(&url)?;
+                if let Some(namespace) = var("REDIS_NAMESPACE") {
+                    broker = broker.namespace(namespace.trim());
+                }
+                Ok(self.broker(broker))
+            }
+            None => Ok(self.broker(MemoryBroker::new())),
+        }
+    }
+
+    /// Provides shared state to handlers that take [`State<T>`](crate::State).
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Adds a [`Plugin`], or replaces the plugin of the same type.
+    pub fn plugin<P: Plugin>(mut self, plugin: P) -> Self {
+        match self.plugins.get_mut::<P>() {
+            Some(existing) => *existing = plugin,
+            None => self.plugins.0.push(Box::new(plugin)),
+        }
+        self
+    }
+
+    /// The plugin of type `P`, added with its defaults if the builder has none: how a plugin's
+    /// own builder methods (an extension trait) configure it.
+    pub fn plugin_mut<P: Plugin + Default>(&mut self) -> &mut P {
+        if self.plugins.get::<P>().is_none() {
+            self.plugins.0.push(Box::new(P::default()));
+        }
+        self.plugins
+            .get_mut::<P>()
+            .expect("the plugin was just added")
+    }
+
+    /// Leaves out the plugin of type `P` (for example the WebSocket server that linking it adds by
+    /// default).
+    pub fn without_plugin<P: Plugin>(mut self) -> Self {
+        self.plugins
+            .0
+            .retain(|p| !(&**p as &dyn std::any::Any).is::<P>());
+        self
+    }
+
+    /// Calls `observer` with every [`DispatchEvent`]: each handler run and its outcome, each
+    /// refused payload, each own message skipped. For test kits and inspectors; it runs on the
+    /// dispatch path, so keep it quick.
+    pub fn observe(mut self, observer: impl Fn(&DispatchEvent) + Send + Sync + 'static) -> Self {
+        self.observers.push(Arc::new(observer));
+        self
+    }
+
+    /// Adds an inline subscriber (see [`Subscriber`](crate::Subscriber)).
+    pub fn subscriber(mut self, subscriber: InlineSubscriber) -> Self {
+        self.inline.push(subscriber);
+        self
+    }
+
+    /// Keeps only the named handlers (attributed or inline); an unknown name fails `build()`.
+    /// Mostly for tests.
+    pub fn only<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options.only = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Leaves out every attributed handler linked into the binary: only inline subscribers run.
+    pub fn without_linked_handlers(mut self) -> Self {
+        self.options.without_linked = true;
+        self
+    }
+
+    /// This worker's instance id (default: a random 32-hex-digit id). Messages carrying it as
+    /// `workerId` are skipped unless they say `includeSender: true`.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// Default time a handler may take per message before it is cancelled (default 30 s).
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    /// Time the named handler may take per message, instead of the default.
+    pub fn handler_timeout_for(mut self, name: impl Into<String>, timeout: Duration) -> Self {
+        self.options.timeouts.insert(name.into(), timeout);
+        self
+    }
+
+    /// How many channels are handled concurrently (default 64). Messages of one channel are always
+    /// handled one at a time, in arrival order.
+    pub fn max_concurrent_channels(mut self, n: usize) -> Self {
+        self.max_concurrent_channels = n;
+        self
+    }
+
+    /// Capacity of the dispatch queue between the broker and the handlers (default 10 000). When
+    /// it is full, new messages are dropped and counted.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
+
+    /// Limits on received payloads (size and nesting depth).
+    pub fn payload_limits(mut self, limits: PayloadLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long shutdown waits for running handlers (default 10 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Also subscribes to these channels, so that predicate and `"*"` handlers see them even when
+    /// no handler names them.
+    pub fn listen<I, S>(mut self, channels: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.listen.extend(channels.into_iter().map(Into::into));
+        self
+    }
+
+    /// Whether to subscribe to the framework's own channels ([`event::ALL`](crate::message::event::ALL));
+    /// on by default, since the WebSocket server uses them.
+    pub fn framework_channels(mut self, on: bool) -> Self {
+        self.framework_channels = on;
+        self
+    }
+
+    /// Builds the plugins (which add state, internal subscribers and listen channels), then
+    /// collects every handler, validates them (duplicate names, missing state, bad matchers),
+    /// sorts them, and logs the handler table.
+    ///
+    /// It also resolves the handles of every metric (see the README, "Metrics") from the global
+    /// `metrics` recorder installed at this point: one a plugin installs here (the WebSocket
+    /// server's `prometheus`), or your own, installed before `build()`. Without a recorder,
+    /// metrics cost next to nothing and go nowhere.
+    ///
+    /// # Errors
+    /// [`Error::Build`] naming the handler and what to fix.
+    pub fn build(mut self) -> Result<Switchboard, Error> {
+        for name in &self.listen {
+            subscriber_patterns::validate_channel(name).map_err(|e| {
+                BuildError::InvalidMatcher {
+                    handler: "<listen>".to_owned(),
+                    matcher: format!("{name:?}"),
+                    reason: e.to_string(),
+                }
+            })?;
+        }
+        let worker_id: Arc<str> = self
+            .worker_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+            .into();
+        let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
+        let publisher = Publisher::new(broker.clone(), worker_id.clone());
+
+        // Plugins first: they add state, internal subscribers and listen channels.
+        let mut internal = Vec::new();
+        let mut checks = Vec::new();
+        let mut eager_metrics = false;
+        let mut plugin_listen = BTreeSet::new();
+        for plugin in &mut self.plugins.0 {
+            plugin.build(&mut PluginContext {
+                states: &mut self.states,
+                subscribers: &mut internal,
+                listen: &mut plugin_listen,
+                checks: &mut checks,
+                publisher: &publisher,
+                worker_id: &worker_id,
+                handler_timeout: self.handler_timeout,
+                include_linked: !self.options.without_linked,
+                framework_channels: self.framework_channels,
+                eager_metrics: &mut eager_metrics,
+            })?;
+        }
+        for (handler, requirements) in &checks {
+            requirements.check(handler, &self.states)?;
+        }
+        self.listen.extend(plugin_listen);
+        let mut entries = registry::build_internal(internal)?;
+        entries.extend(registry::build(self.inline, &self.states, self.options)?);
+        // Once everything is valid, each handler's metric handles from the recorder a plugin
+        // installed, so that each handler's series exist (at 0) from the first scrape. Otherwise
+        // handles are resolved on each handler's first run.
+        if eager_metrics {
+            for e in entries.iter().filter(|e| !e.internal) {
+                e.metrics();
+            }
+        }
+        let counters = Arc::new(Counters::resolved());
+
+        // What to subscribe to, borrowed from the handlers: only the channels that no pattern
+        // covers are copied, by `Subscriptions`.
+        let mut channels: Vec<&str> = self.listen.iter().map(String::as_str).collect();
+        if self.framework_channels {
+            channels.extend(crate::message::event::ALL.iter().copied());
+        }
+        // These keep their own name as a metric label (handlers' exact channels do too, through
+        // the router's exact map).
+        let named: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
+        let mut patterns: Vec<&str> = Vec::new();
+        for e in &entries {
+            for m in &e.matchers {
+                match m {
+                    Compiled::Any => patterns.push(subscriber_patterns::ANY_CHANNEL),
+                    Compiled::Channel(c) => channels.push(c),
+                    Compiled::Pattern(p) => patterns.push(p),
+                    Compiled::Regex(src, sub) => {
+                        if !sub.narrowed {
+                            tracing::warn!(
+                                handler = %e.info.name,
+                                regex = %src,
+                                "regex has no anchored literal prefix (like `^analytics:`), so the worker subscribes to every channel (`*`) for it"
+                            );
+                        }
+                        patterns.push(&sub.pattern);
+                    }
+                    Compiled::Predicate(_) => {}
+                }
+            }
+        }
+        let subscriptions = Subscriptions::plan(channels, patterns);
+        if subscriptions.is_empty() {
+            for e in &entries {
+                let predicate_only = e
+                    .matchers
+                    .iter()
+                    .all(|m| matches!(m, Compiled::Predicate(_)));
+                if predicate_only {
+                    tracing::warn!(
+                        handler = %e.info.name,
+                        "subscriber handler can never fire: it has only predicates and the worker subscribes to no channel; add a channel, or `.listen([...])` on the builder"
+                    );
+                }
+            }
+        }
+        registry::log_table(&entries, &worker_id);
+
+        let in_flight = Arc::new(InFlight::default());
+        let shared = Arc::new(Resources {
+            states: self.states,
+            publisher,
+        });
+        let config = DispatchConfig {
+            limits: self.limits,
+            handler_timeout: self.handler_timeout,
+            max_concurrent_channels: self.max_concurrent_channels,
+            max_pending: self.queue_capacity,
+            worker_id: worker_id.clone(),
+        };
+        let dispatcher = Dispatcher::new(
+            entries,
+            named,
+            shared.clone(),
+            config,
+            counters.clone(),
+            in_flight.clone(),
+            self.observers,
+        );
+        Ok(Switchboard {
+            dispatcher: Arc::new(dispatcher),
+            shared,
+            broker,
+            subscriptions,
+            counters,
+            in_flight,
+            worker_id,
+            queue_capacity: self.queue_capacity,
+            shutdown_grace: self.shutdown_grace,
+            plugins: self.plugins,
+        })
+    }
+}

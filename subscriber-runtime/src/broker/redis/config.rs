@@ -1,0 +1,178 @@
+//! Building a [`RedisBroker`]: URL parsing (with the password redacted for logs and errors) and
+//! the builder options.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Backoff, RedisBroker};
+use crate::error::BrokerError;
+
+/// Default time a [`publish`](super::Broker::publish) may take, connecting included.
+const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time connecting and subscribing may take.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default period of the `PING` that detects a silently dead subscriber connection.
+const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Default first reconnect delay.
+const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Default longest reconnect delay.
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl RedisBroker {
+    /// A broker for the Redis server at `url` (e.g. `redis://127.0.0.1:6379/`). The URL is parsed
+    /// now; nothing connects until the application starts or publishes.
+    ///
+    /// # Errors
+    /// [`BrokerError::Config`] for a URL that is not a valid Redis URL, or a `rediss://` URL
+    /// without the `tls` feature.
+    pub fn from_url(url: &str) -> Result<Self, BrokerError> {
+        let url = url.trim();
+        let redacted = redact(url);
+        let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+        if matches!(scheme.as_str(), "rediss" | "valkeys") && !cfg!(feature = "tls") {
+            return Err(BrokerError::Config(format!(
+                "the Redis URL {redacted} asks for TLS (`{scheme}://`), which needs the `tls` feature of subscriber-runtime; enable it, or use a `redis://` URL"
+            )));
+        }
+        let client = redis::Client::open(url).map_err(|e| {
+            BrokerError::Config(format!(
+                "invalid Redis URL {redacted}: {e} (expected redis://[user][:password@]host[:port][/db])"
+            ))
+        })?;
+        Ok(Self {
+            client,
+            url: redacted.into(),
+            prefix: "".into(),
+            invalid_namespace: None,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            backoff: Backoff {
+                initial: DEFAULT_BACKOFF_INITIAL,
+                max: DEFAULT_BACKOFF_MAX,
+            },
+            publisher: Arc::default(),
+        })
+    }
+
+    /// Prefixes every channel and pattern on Redis with `"{namespace}:"` (a trailing `:` in
+    /// `namespace` is not doubled). Handlers see channel names without the prefix. An empty
+    /// namespace means no prefix.
+    ///
+    /// A namespace with whitespace or control characters is reported as
+    /// [`BrokerError::Config`] when the application starts or publishes.
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        let name = namespace.strip_suffix(':').unwrap_or(&namespace);
+        self.invalid_namespace = None;
+        if name.is_empty() {
+            self.prefix = "".into();
+        } else if let Err(e) = subscriber_patterns::validate_channel(name) {
+            self.invalid_namespace = Some(
+                format!(
+                    "invalid Redis namespace {namespace:?}: {}",
+                    e.message().replacen("channel name", "namespace", 1)
+                )
+                .into(),
+            );
+        } else {
+            self.prefix = format!("{name}:").into();
+        }
+        self
+    }
+
+    /// How long a publish may take, connecting included (default 2 s). Past it, publish returns
+    /// [`BrokerError::Timeout`].
+    #[must_use]
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// How long connecting and subscribing may take (default 5 s), at start and per reconnect
+    /// attempt.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How often the subscriber connection is checked with a `PING` (default 10 s). A `PING`
+    /// not answered within the same interval counts as a lost connection.
+    #[must_use]
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The reconnect delays: `initial` before the first attempt, doubling per failed attempt up
+    /// to `max` (defaults 100 ms and 5 s). Each delay is jittered down by up to half, so that
+    /// workers restarted together do not reconnect in lockstep.
+    #[must_use]
+    pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        let initial = initial.max(Duration::from_millis(1));
+        self.backoff = Backoff {
+            initial,
+            max: max.max(initial),
+        };
+        self
+    }
+}
+
+/// The URL with its password replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("redis://user:secret@host:1/2"),
+            "redis://user:***@host:1/2"
+        );
+        assert_eq!(redact("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors() {
+        for url in ["", "nope", "http://example.com", "redis://host:notaport"] {
+            let err = RedisBroker::from_url(url).expect_err(url);
+            assert!(matches!(err, BrokerError::Config(_)), "{url}: {err}");
+        }
+        let err = RedisBroker::from_url("redis://:hunter2@host:notaport").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(RedisBroker::from_url("redis://127.0.0.1:6379/3").is_ok());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_urls_need_the_feature() {
+        let err = RedisBroker::from_url("rediss://127.0.0.1:6380").unwrap_err();
+        assert!(
+            matches!(&err, BrokerError::Config(m) if m.contains("`tls` feature")),
+            "{err}"
+        );
+    }
+}

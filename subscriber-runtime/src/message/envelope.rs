@@ -1,0 +1,324 @@
+//! The envelope: parsing a received payload once, enforcing limits, skipping this worker's own
+//! messages, and stripping the envelope fields (`workerId`, `includeSender`).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+/// The payload field naming the publishing worker (the reference framework's name).
+pub const WORKER_ID_FIELD: &str = "workerId";
+/// The payload field asking the publishing worker to handle its own message too.
+pub const INCLUDE_SENDER_FIELD: &str = "includeSender";
+
+/// Limits on received payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadLimits {
+    /// Largest payload accepted, in bytes (default 1 MiB).
+    pub max_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted (default 64, at most 128).
+    pub max_depth: usize,
+}
+
+impl Default for PayloadLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1024 * 1024,
+            max_depth: 64,
+        }
+    }
+}
+
+/// Why a payload was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InvalidPayload {
+    #[error("payload of {size} bytes is larger than the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("payload nests deeper than the limit of {limit} levels")]
+    TooDeep { limit: usize },
+    #[error("payload is not JSON: {0}")]
+    NotJson(serde_json::Error),
+}
+
+impl InvalidPayload {
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::TooDeep { .. } => "too_deep",
+            Self::NotJson(_) => "not_json",
+        }
+    }
+}
+
+/// A parsed payload.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub(crate) message: Value,
+    pub(crate) worker_id: Option<Arc<str>>,
+    pub(crate) include_sender: bool,
+    pub(crate) stripped: bool,
+}
+
+impl Parsed {
+    /// True when this worker published the message and did not ask to receive it.
+    pub(crate) fn is_own(&self, instance_id: &str) -> bool {
+        !self.include_sender && self.worker_id.as_deref() == Some(instance_id)
+    }
+}
+
+/// Where a message came from and when it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub(crate) worker_id: Option<Arc<str>>,
+    pub(crate) include_sender: bool,
+    pub(crate) received_at: SystemTime,
+}
+
+impl Envelope {
+    /// The instance id of the worker that published the message, when it said.
+    pub fn worker_id(&self) -> Option<&str> {
+        self.worker_id.as_deref()
+    }
+
+    /// Whether the publisher asked for its own worker to handle the message too.
+    pub fn include_sender(&self) -> bool {
+        self.include_sender
+    }
+
+    /// When this worker received the message.
+    pub fn received_at(&self) -> SystemTime {
+        self.received_at
+    }
+}
+
+/// Parses a payload once, within the limits, and takes the envelope fields out.
+pub(crate) fn parse(payload: &[u8], limits: &PayloadLimits) -> Result<Parsed, InvalidPayload> {
+    if payload.len() > limits.max_bytes {
+        return Err(InvalidPayload::TooLarge {
+            size: payload.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let max_depth = limits.max_depth.min(128);
+    if nesting_depth(payload) > max_depth {
+        return Err(InvalidPayload::TooDeep { limit: max_depth });
+    }
+    let mut message: Value = serde_json::from_slice(payload).map_err(InvalidPayload::NotJson)?;
+    let mut worker_id = None;
+    let mut include_sender = false;
+    let mut stripped = false;
+    if let Value::Object(map) = &mut message {
+        if let Some(w) = map.remove(WORKER_ID_FIELD) {
+            stripped = true;
+            worker_id = match w {
+                Value::String(s) => Some(Arc::from(s)),
+                Value::Number(n) => Some(Arc::from(n.to_string())),
+                _ => None,
+            };
+        }
+        if let Some(i) = map.remove(INCLUDE_SENDER_FIELD) {
+            stripped = true;
+            // Strictly the boolean `true`, as in the reference framework.
+            include_sender = i == Value::Bool(true);
+        }
+    }
+    Ok(Parsed {
+        message,
+        worker_id,
+        include_sender,
+        stripped,
+    })
+}
+
+/// The deepest nesting of `[` / `{` outside strings. Cheap, and it runs before the parser so a
+/// hostile payload cannot make the parser recurse deeply.
+fn nesting_depth(payload: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in payload {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// A short, printable preview of a payload for logs.
+pub(crate) fn preview(payload: &[u8]) -> String {
+    const MAX: usize = 80;
+    let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX)]);
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect();
+    if payload.len() > MAX {
+        out.push('…');
+    }
+    out
+}
+
+/// Adds the envelope to a serialized JSON object: `{"workerId":"…",["includeSender":true,]…}`.
+/// Returns `None` when `json` is not an object.
+pub(crate) fn wrap(json: &[u8], worker_id: &str, include_sender: bool) -> Option<Vec<u8>> {
+    let start = json.iter().position(|b| !b.is_ascii_whitespace())?;
+    if json[start] != b'{' {
+        return None;
+    }
+    let rest = &json[start + 1..];
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut out = Vec::with_capacity(json.len() + worker_id.len() + 40);
+    out.extend_from_slice(b"{\"workerId\":");
+    serde_json::to_writer(&mut out, worker_id).expect("writing to a Vec cannot fail");
+    if include_sender {
+        out.extend_from_slice(b",\"includeSender\":true");
+    }
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// The payload without the envelope fields that [`wrap`] puts first
+/// (`{"workerId":"…",["includeSender":true|false,]…}`), keeping the publisher's bytes and key
+/// order. `None` when the payload does not start that way, or when an envelope key appears again
+/// further on (a duplicate, or a publisher that wrote them elsewhere): the caller then serializes
+/// the parsed payload, which never has them.
+pub(crate) fn without_envelope_prefix(raw: &[u8]) -> Option<bytes::Bytes> {
+    let start = raw.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = raw[start..].strip_prefix(b"{\"workerId\":\"")?;
+    let mut i = 0;
+    loop {
+        match *rest.get(i)? {
+            b'\\' => i += 2,
+            b'"' => break,
+            _ => i += 1,
+        }
+    }
+    let mut rest = &rest[i + 1..];
+    for flag in [&b",\"includeSender\":true"[..], b",\"includeSender\":false"] {
+        if let Some(r) = rest.strip_prefix(flag) {
+            rest = r;
+            break;
+        }
+    }
+    let body = match rest.first()? {
+        b',' => &rest[1..],
+        b'}' => rest,
+        _ => return None,
+    };
+    let mentions = |key: &[u8]| body.windows(key.len()).any(|w| w == key);
+    if mentions(b"\"workerId\"") || mentions(b"\"includeSender\"") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(b'{');
+    out.extend_from_slice(body);
+    Some(bytes::Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn envelope_prefix_is_cut_without_reordering() {
+        let cut = |raw: &str| {
+            without_envelope_prefix(raw.as_bytes()).map(|b| String::from_utf8(b.to_vec()).unwrap())
+        };
+        assert_eq!(
+            cut(r#"{"workerId":"w","z":1,"a":2}"#).as_deref(),
+            Some(r#"{"z":1,"a":2}"#)
+        );
+        assert_eq!(
+            cut(r#"{"workerId":"w\"x","includeSender":true,"z":1}"#).as_deref(),
+            Some(r#"{"z":1}"#)
+        );
+        assert_eq!(
+            cut(r#"{"workerId":"w","includeSender":false,"type":"acc"}"#).as_deref(),
+            Some(r#"{"type":"acc"}"#)
+        );
+        assert_eq!(cut(r#"{"workerId":"w"}"#).as_deref(), Some("{}"));
+        // Not the publisher's layout, or an envelope key further on: parse instead.
+        assert_eq!(cut(r#"{"type":"acc","workerId":"w"}"#), None);
+        assert_eq!(cut(r#"{"workerId":"a","workerId":"b","x":1}"#), None);
+        assert_eq!(cut(r#"{"workerId":"a","x":1,"includeSender":false}"#), None);
+        assert_eq!(cut(r#"{"workerId": "a","x":1}"#), None);
+    }
+    use super::*;
+
+    #[test]
+    fn strips_envelope_fields() {
+        let p = parse(
+            br#"{"workerId":"w1","includeSender":true,"a":1}"#,
+            &PayloadLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(p.message, serde_json::json!({"a": 1}));
+        assert_eq!(p.worker_id.as_deref(), Some("w1"));
+        assert!(p.include_sender);
+        assert!(p.stripped);
+        assert!(!p.is_own("w1"));
+    }
+
+    #[test]
+    fn include_sender_must_be_the_boolean_true() {
+        let p = parse(
+            br#"{"workerId":"w1","includeSender":"yes"}"#,
+            &PayloadLimits::default(),
+        )
+        .unwrap();
+        assert!(!p.include_sender);
+        assert!(p.is_own("w1"));
+        assert!(!p.is_own("w2"));
+    }
+
+    #[test]
+    fn limits() {
+        let limits = PayloadLimits {
+            max_bytes: 10,
+            max_depth: 2,
+        };
+        assert!(matches!(
+            parse(b"[1,2,3,4,5,6,7]", &limits),
+            Err(InvalidPayload::TooLarge { .. })
+        ));
+        assert!(matches!(
+            parse(b"[[[1]]]", &limits),
+            Err(InvalidPayload::TooDeep { .. })
+        ));
+        assert!(parse(b"[\"[[[[\"]", &limits).is_ok());
+        assert!(matches!(
+            parse(b"nope", &limits),
+            Err(InvalidPayload::NotJson(_))
+        ));
+        assert!(matches!(parse(b"null", &limits), Ok(p) if p.message.is_null()));
+    }
+
+    #[test]
+    fn wraps_objects_only() {
+        let w = wrap(br#"{"a":1}"#, "id", false).unwrap();
+        assert_eq!(w, br#"{"workerId":"id","a":1}"#);
+        let w = wrap(b" { } ", "id", true).unwrap();
+        let v: Value = serde_json::from_slice(&w).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"workerId": "id", "includeSender": true})
+        );
+        assert!(wrap(b"[1]", "id", false).is_none());
+    }
+}

@@ -1,0 +1,574 @@
+//! One connection: a reader (client messages, routes, heartbeat and idle deadlines) and a writer
+//! (the bounded send queue, pings, the close frame), joined in one task.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket as Socket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use subscriber_runtime::__private::HandlerFailure;
+use subscriber_runtime::event;
+
+use crate::client::{Client, Conn, DisconnectReason};
+use crate::frame::{iso8601, reply_frame, ClientId, Frame};
+use crate::hooks::{guarded, ClientMessage};
+use crate::http::Serving;
+use crate::rooms::room_user;
+use crate::routes::RouteContext;
+use crate::stats::Counters;
+use crate::WebSocket;
+
+/// Serves one upgraded socket until it closes.
+///
+/// This future lives as long as the connection, so its size is memory per idle connection: the
+/// socket is split before the `async` block (so the block does not keep the unsplit socket), the
+/// reader and the writer are pinned in place (not moved into `join!`, which would reserve room
+/// for both the futures and their moved copies), and the rare, large steps (connect and
+/// disconnect announcements, handling a client message, the closing handshake) are boxed, so
+/// they cost memory only while they run.
+pub(crate) fn run(
+    shared: Arc<Serving>,
+    socket: Socket,
+    user: Option<crate::client::User>,
+) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    async move {
+        let _task = shared.websocket.inner.tracker.token();
+        let conn = Box::pin(connected(&shared, user)).await;
+        let ws = &shared.websocket;
+        let reader = std::pin::pin!(read_loop(&shared, ws, &conn, stream));
+        let writer = std::pin::pin!(write_loop(ws, &conn, sink));
+        tokio::join!(reader, writer);
+        Box::pin(disconnected(&shared, &conn)).await;
+    }
+}
+
+/// Registers a new client, greets it and tells the cluster.
+async fn connected(shared: &Arc<Serving>, user: Option<crate::client::User>) -> Arc<Conn> {
+    let ws = &shared.websocket;
+    let inner = &ws.inner;
+    let limits = ws.queue_limits();
+    let client = Client::new(ClientId::generate(), user.map(Arc::new));
+    let conn = Arc::new(Conn::new(client.clone(), ws.now_ms(), limits));
+    let id = &client.id;
+    ws.register(conn.clone());
+    Counters::inc(&inner.counters.clients_connected);
+    inner.counters.metrics.connections.increment(1);
+    inner.counters.metrics.clients.increment(1.0);
+    tracing::debug!(
+        client_id = %id,
+        worker_id = %inner.worker_id,
+        user_id = client.user_id().map(tracing::field::display),
+        "client connected"
+    );
+    if inner.closing_all.is_cancelled() {
+        conn.close(DisconnectReason::Shutdown);
+    }
+    if let Some(user_id) = client.user_id() {
+        let frame = Frame::json(&json!({
+            "type": "auth",
+            "action": "authenticated",
+            "data": {"userId": user_id, "message": "Authentication successful"},
+        }))
+        .expect("serializing JSON cannot fail");
+        ws.deliver(&conn, &frame);
+    }
+    let announce = json!({
+        "clientId": id,
+        "lastActivity": SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        "user": client.user(),
+    });
+    if let Err(error) = inner
+        .publisher
+        .publish(event::CLIENT_CONNECTED, &announce)
+        .await
+    {
+        tracing::warn!(client_id = %id, %error, "could not publish clientConnected");
+    }
+    for hook in &inner.hooks.connect {
+        guarded("on_connect", id, || hook(&client, ws));
+    }
+    conn
+}
+
+/// Forgets a client that is gone, counts why, and tells the cluster.
+async fn disconnected(shared: &Arc<Serving>, conn: &Conn) {
+    let ws = &shared.websocket;
+    let inner = &ws.inner;
+    let id = &conn.client.id;
+    let reason = conn
+        .close_reason()
+        .unwrap_or_else(|| DisconnectReason::ConnectionLost("closed".to_owned()));
+    ws.unregister(id);
+    Counters::inc(&inner.counters.clients_disconnected);
+    inner.counters.metrics.disconnected(&reason);
+    match &reason {
+        DisconnectReason::HeartbeatTimeout => Counters::inc(&inner.counters.heartbeat_timeouts),
+        DisconnectReason::Idle => Counters::inc(&inner.counters.idle_disconnects),
+        DisconnectReason::MessageTooBig => {
+            Counters::inc(&inner.counters.oversized_message_disconnects);
+        }
+        _ => {}
+    }
+    tracing::debug!(client_id = %id, worker_id = %inner.worker_id, %reason, "client disconnected");
+    if let Err(error) = inner
+        .publisher
+        .publish(event::CLIENT_DISCONNECTED, &json!({ "clientId": id }))
+        .await
+    {
+        tracing::warn!(client_id = %id, %error, "could not publish clientDisconnected");
+    }
+    for hook in &inner.hooks.disconnect {
+        guarded("on_disconnect", id, || hook(&conn.client, ws, &reason));
+    }
+}
+
+/// Whether a read error is a message over the size limit.
+fn is_too_big(error: axum::Error) -> Result<(), String> {
+    let text = error.to_string();
+    match error.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => Ok(()),
+        _ => Err(text),
+    }
+}
+
+async fn read_loop(
+    shared: &Arc<Serving>,
+    ws: &WebSocket,
+    conn: &Arc<Conn>,
+    mut stream: SplitStream<Socket>,
+) {
+    let inner = &ws.inner;
+    let config = &inner.config;
+    let heartbeat = config.ping_interval.map(|p| p + config.pong_timeout);
+    let mut last_seen = Instant::now();
+    let deadline = |last_seen: Instant, conn: &Conn| -> Option<Instant> {
+        let beat = heartbeat.map(|h| last_seen + h);
+        let idle = config.idle_timeout.map(|t| {
+            Instant::from_std(inner.epoch) + Duration::from_millis(conn.last_activity()) + t
+        });
+        match (beat, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    };
+    let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+    let sleep = tokio::time::sleep_until(deadline(last_seen, conn).unwrap_or_else(far));
+    tokio::pin!(sleep);
+    let mut awaiting_close = true;
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.closing.cancelled() => break,
+            () = inner.closing_all.cancelled() => {
+                conn.close(DisconnectReason::Shutdown);
+                break;
+            }
+            item = stream.next() => {
+                last_seen = Instant::now();
+                match item {
+                    None => {
+                        conn.close(DisconnectReason::ClientClosed(None));
+                        awaiting_close = false;
+                        break;
+                    }
+                    Some(Err(error)) => {
+                        let reason = match is_too_big(error) {
+                            Ok(()) => DisconnectReason::MessageTooBig,
+                            Err(text) => DisconnectReason::ConnectionLost(text),
+                        };
+                        if reason == DisconnectReason::MessageTooBig {
+                            tracing::warn!(client_id = %conn.client.id, limit = config.max_message_size, "client sent a message over the size limit; closing (1009)");
+                        }
+                        conn.close(reason);
+                        awaiting_close = false;
+                        break;
+                    }
+                    Some(Ok(Message::Text(text))) => Box::pin(on_text(shared, ws, conn, text.as_str())).await,
+                    Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                        Ok(text) => Box::pin(on_text(shared, ws, conn, text)).await,
+                        Err(_) => {
+                            conn.touch(ws.now_ms());
+                            Counters::inc(&inner.counters.client_messages);
+                            inner.counters.metrics.client_messages.increment(1);
+                            ws.send_error_to(conn, "Failed to parse JSON");
+                        }
+                    },
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        conn.close(DisconnectReason::ClientClosed(frame.map(|f| f.code)));
+                        awaiting_close = false;
+                        break;
+                    }
+                }
+            }
+            () = &mut sleep => {
+                let now = Instant::now();
+                if let Some(h) = heartbeat {
+                    if now >= last_seen + h {
+                        tracing::info!(client_id = %conn.client.id, "client stopped answering pings; disconnecting");
+                        conn.close(DisconnectReason::HeartbeatTimeout);
+                        break;
+                    }
+                }
+                if let Some(t) = config.idle_timeout {
+                    let last = Instant::from_std(inner.epoch) + Duration::from_millis(conn.last_activity());
+                    if now >= last + t {
+                        tracing::info!(client_id = %conn.client.id, idle = ?t, "client inactive; disconnecting");
+                        conn.close(DisconnectReason::Idle);
+                        break;
+                    }
+                }
+                sleep.as_mut().reset(deadline(last_seen, conn).unwrap_or_else(far));
+            }
+        }
+    }
+    let urgent_broken = matches!(
+        conn.close_reason(),
+        Some(DisconnectReason::MessageTooBig | DisconnectReason::HeartbeatTimeout)
+    );
+    if awaiting_close && !urgent_broken {
+        // The server closes: wait (bounded) for the client's close frame.
+        let _ = Box::pin(tokio::time::timeout(config.close_timeout, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        }))
+        .await;
+    }
+}
+
+/// Resolves when a write in progress must be abandoned: at once for an urgent close (slow
+/// consumer, oversized message, ...) or the shutdown deadline; `close_timeout` after a graceful
+/// close began, so a stalled socket cannot hold the connection open.
+async fn must_abandon(ws: &WebSocket, conn: &Conn) {
+    tokio::select! {
+        () = conn.closing.cancelled() => {}
+        () = ws.inner.force.cancelled() => return,
+    }
+    if !conn.is_closing_urgently() {
+        tokio::select! {
+            () = tokio::time::sleep(ws.inner.config.close_timeout) => {}
+            () = ws.inner.force.cancelled() => {}
+        }
+    }
+}
+
+/// Runs `f` unless it must be abandoned first (`None`).
+async fn abortable<T>(ws: &WebSocket, conn: &Conn, f: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = must_abandon(ws, conn) => None,
+        out = f => Some(out),
+    }
+}
+
+async fn send_batch(
+    sink: &mut SplitSink<Socket, Message>,
+    batch: &mut VecDeque<Frame>,
+) -> Result<(), axum::Error> {
+    while let Some(frame) = batch.pop_front() {
+        sink.feed(Message::Text(frame.0)).await?;
+    }
+    sink.flush().await
+}
+
+async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket, Message>) {
+    let config = &ws.inner.config;
+    let mut ping = config.ping_interval.map(|every| {
+        let mut i = tokio::time::interval_at(Instant::now() + every, every);
+        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        i
+    });
+    let mut batch: VecDeque<Frame> = VecDeque::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.closing.cancelled() => break,
+            () = conn.queued() => {}
+            _ = async {
+                match ping.as_mut() {
+                    Some(p) => p.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match abortable(ws, conn, sink.send(Message::Ping(bytes::Bytes::new()))).await {
+                    None => break,
+                    Some(Ok(())) => continue,
+                    Some(Err(error)) => {
+                        conn.close(DisconnectReason::ConnectionLost(error.to_string()));
+                        return;
+                    }
+                }
+            }
+        }
+        conn.take(&mut batch);
+        if batch.is_empty() {
+            continue;
+        }
+        let (messages, bytes) = (batch.len(), batch.iter().map(Frame::len).sum::<usize>());
+        match abortable(ws, conn, send_batch(&mut sink, &mut batch)).await {
+            None => break,
+            Some(Ok(())) => conn.release(messages, bytes),
+            Some(Err(error)) => {
+                conn.close(DisconnectReason::ConnectionLost(error.to_string()));
+                return;
+            }
+        }
+        if batch.capacity() > 64 {
+            batch = VecDeque::new();
+        }
+    }
+    let Some(reason) = conn.close_reason() else {
+        return;
+    };
+    let _ = Box::pin(tokio::time::timeout(config.close_timeout, async {
+        match &reason {
+            DisconnectReason::ConnectionLost(_) => Ok(()),
+            DisconnectReason::ClientClosed(_) => sink.close().await,
+            _ => {
+                if reason.drains() {
+                    batch.clear();
+                    conn.take(&mut batch);
+                    send_batch(&mut sink, &mut batch).await?;
+                }
+                let code = reason.close_code().unwrap_or(1000);
+                sink.send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason.close_text()),
+                })))
+                .await
+            }
+        }
+    }))
+    .await;
+}
+
+/// One text message from a client: parse, check, hook, route.
+async fn on_text(shared: &Arc<Serving>, ws: &WebSocket, conn: &Arc<Conn>, text: &str) {
+    let inner = &ws.inner;
+    conn.touch(ws.now_ms());
+    Counters::inc(&inner.counters.client_messages);
+    inner.counters.metrics.client_messages.increment(1);
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => {
+            ws.send_error_to(conn, "Failed to parse JSON");
+            return;
+        }
+    };
+    let mut object = match value {
+        Value::Object(map) => map,
+        Value::Null => {
+            ws.send_error_to(conn, "Invalid WebSocket message");
+            return;
+        }
+        _ => {
+            ws.send_error_to(conn, "Missing WebSocket message type");
+            return;
+        }
+    };
+    let text_field = |object: &serde_json::Map<String, Value>, key: &str| {
+        object
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let Some(kind) = text_field(&object, "type") else {
+        ws.send_error_to(conn, "Missing WebSocket message type");
+        return;
+    };
+    let Some(action) = text_field(&object, "action") else {
+        ws.send_error_to(conn, "Missing WebSocket message action");
+        return;
+    };
+    let data = object.remove("data").unwrap_or(Value::Null);
+    let message = ClientMessage {
+        kind: &kind,
+        action: &action,
+        data: &data,
+    };
+    for hook in &inner.hooks.message {
+        guarded("on_message", &conn.client.id, || {
+            hook(&conn.client, &message)
+        });
+    }
+    match (kind.as_str(), action.as_str()) {
+        ("system", "joinRoom") => join_room(ws, conn, &data).await,
+        ("system", "leaveRoom") => leave_room(ws, conn, &data).await,
+        _ => match inner.routes.get(&kind, &action) {
+            Some(route) => {
+                let route = route.clone();
+                let cx = RouteContext {
+                    client: conn.client.clone(),
+                    kind: kind.into(),
+                    action: action.into(),
+                    data: Arc::new(data),
+                    resources: shared.resources.clone(),
+                };
+                run_route(ws, conn, &route, cx).await;
+            }
+            None => {
+                tracing::debug!(client_id = %conn.client.id, route = %format_args!("{kind}:{action}"), "unknown client route");
+                ws.send_error_to(conn, &format!("Unknown route: {kind}:{action}"));
+            }
+        },
+    }
+}
+
+async fn run_route(
+    ws: &WebSocket,
+    conn: &Conn,
+    route: &crate::routes::RouteEntry,
+    cx: RouteContext,
+) {
+    let inner = &ws.inner;
+    let (kind, action) = (cx.kind.clone(), cx.action.clone());
+    let timeout = inner.handler_timeout;
+    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| route.call(cx))) else {
+        tracing::error!(route = %route.name, client_id = %conn.client.id, "client route handler panicked");
+        ws.send_error_to(conn, "Unknown error");
+        return;
+    };
+    let outcome = tokio::select! {
+        biased;
+        () = inner.force.cancelled() => {
+            tracing::warn!(route = %route.name, client_id = %conn.client.id, "client route handler abandoned at shutdown");
+            return;
+        }
+        outcome = tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()) => outcome,
+    };
+    match outcome {
+        Err(_) => {
+            tracing::error!(route = %route.name, client_id = %conn.client.id, ?timeout, "client route handler timed out");
+            ws.send_error_to(conn, "Request timed out");
+        }
+        Ok(Err(_panic)) => {
+            tracing::error!(route = %route.name, client_id = %conn.client.id, "client route handler panicked");
+            ws.send_error_to(conn, "Unknown error");
+        }
+        Ok(Ok(Err(HandlerFailure::Rejected(error)))) => {
+            tracing::debug!(route = %route.name, client_id = %conn.client.id, %error, "client route argument rejected");
+            ws.send_error_to(conn, &error.to_string());
+        }
+        Ok(Ok(Err(HandlerFailure::Failed(error)))) => {
+            tracing::warn!(route = %route.name, client_id = %conn.client.id, %error, "client route handler failed");
+            ws.send_error_to(conn, &error.to_string());
+        }
+        Ok(Ok(Ok(Some(response)))) => {
+            ws.deliver(conn, &reply_frame(&kind, &action, &response));
+        }
+        Ok(Ok(Ok(None))) => {}
+    }
+}
+
+fn room_name(data: &Value) -> Option<&str> {
+    data.get("roomName")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+}
+
+fn system_reply(ws: &WebSocket, conn: &Conn, action: &str, response: &Value) {
+    ws.deliver(conn, &reply_frame("system", action, response));
+}
+
+async fn join_room(ws: &WebSocket, conn: &Conn, data: &Value) {
+    let id = &conn.client.id;
+    let Some(room) = room_name(data) else {
+        system_reply(
+            ws,
+            conn,
+            "joinRoom",
+            &json!({"success": false, "error": "Room name is required", "clientId": id}),
+        );
+        return;
+    };
+    let user = room_user(&conn.client, Some(data));
+    match ws.join_with(id, room, user.clone()).await {
+        Ok(_) => {
+            let mut reply_data = json!({
+                "roomName": room,
+                "userId": user["userId"],
+                "userType": user["userType"],
+                "username": user["username"],
+                "joinedAt": iso8601(SystemTime::now()),
+            });
+            if reply_data["userId"].is_null() {
+                reply_data["userId"] = Value::from(id.as_str());
+            }
+            system_reply(
+                ws,
+                conn,
+                "joinRoom",
+                &json!({
+                    "success": true,
+                    "message": format!("Successfully joined room: {room}"),
+                    "data": reply_data,
+                }),
+            );
+        }
+        Err(error) => system_reply(
+            ws,
+            conn,
+            "joinRoom",
+            &json!({"success": false, "error": "Failed to join room", "message": error.to_string(), "clientId": id}),
+        ),
+    }
+}
+
+async fn leave_room(ws: &WebSocket, conn: &Conn, data: &Value) {
+    let id = &conn.client.id;
+    let Some(room) = room_name(data) else {
+        system_reply(
+            ws,
+            conn,
+            "leaveRoom",
+            &json!({"success": false, "error": "Room name is required", "clientId": id}),
+        );
+        return;
+    };
+    match ws.leave_room(id, room).await {
+        Ok(true) => {
+            let pushed = Frame::json(
+                &json!({"type": "user", "action": "leftRoom", "data": {"roomName": room}}),
+            )
+            .expect("serializing JSON cannot fail");
+            ws.deliver(conn, &pushed);
+            system_reply(
+                ws,
+                conn,
+                "leaveRoom",
+                &json!({
+                    "success": true,
+                    "message": format!("Successfully left room: {room}"),
+                    "data": {"roomName": room, "leftAt": iso8601(SystemTime::now())},
+                    "clientId": id,
+                }),
+            );
+        }
+        Ok(false) => system_reply(
+            ws,
+            conn,
+            "leaveRoom",
+            &json!({"success": false, "error": format!("Not in room: {room}"), "clientId": id}),
+        ),
+        Err(error) => system_reply(
+            ws,
+            conn,
+            "leaveRoom",
+            &json!({"success": false, "error": "Failed to leave room", "message": error.to_string(), "clientId": id}),
+        ),
+    }
+}

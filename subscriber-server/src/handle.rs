@@ -1,0 +1,351 @@
+//! [`WebSocket`]: the server handle handlers use, and what it knows of the cluster's clients and
+//! rooms. Its sends are in `send.rs`.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use subscriber_runtime::Publisher;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth;
+use crate::client::{Client, Conn, DisconnectReason, LocalReceiver, QueueLimits};
+use crate::config::WebSocketConfig;
+use crate::frame::ClientId;
+use crate::hooks::Hooks;
+use crate::rooms::{ClientInfo, Entry, State};
+use crate::routes::RouteTable;
+use crate::stats::Counters;
+
+pub(crate) struct Inner {
+    pub(crate) worker_id: Arc<str>,
+    pub(crate) publisher: Publisher,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) config: WebSocketConfig,
+    pub(crate) verifier: auth::Verifier,
+    pub(crate) routes: RouteTable,
+    pub(crate) hooks: Hooks,
+    pub(crate) metrics: crate::metrics::Endpoint,
+    pub(crate) handler_timeout: Duration,
+    state: RwLock<State>,
+    pub(crate) epoch: Instant,
+    epoch_wall: SystemTime,
+    /// Stops accepting connections.
+    pub(crate) accept_stop: CancellationToken,
+    /// Closes every connection with 1001 once its current message is handled.
+    pub(crate) closing_all: CancellationToken,
+    /// The shutdown deadline passed: abandon running route handlers.
+    pub(crate) force: CancellationToken,
+    /// Every connection task.
+    pub(crate) tracker: TaskTracker,
+    pub(crate) servers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The WebSocket server handle: this worker's clients, the cluster's clients and rooms, and every
+/// way of sending to them. Cheap to clone; take it as a handler argument.
+///
+/// Local sends (`broadcast_*`) reach the clients connected to this worker and return how many
+/// were sent to. Cluster sends ([`send_message_to_all`](Self::send_message_to_all),
+/// [`send_custom_message`](Self::send_custom_message),
+/// [`broadcast_to_room_everywhere`](Self::broadcast_to_room_everywhere)) go through the broker,
+/// and every worker, this one included, delivers to its own clients. No envelope field
+/// (`workerId`, `includeSender`) ever reaches a client.
+///
+/// Every send serializes the frame once and hands the same bytes to each recipient's bounded
+/// queue; a client whose queue is full is disconnected with close code 1013 (counted in
+/// `ServerStats::slow_consumer_disconnects`) rather than slowing the others.
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), switchboard::Error> {
+/// let running = Switchboard::builder().without_linked_handlers().build()?.start().await?;
+/// let ws = running.websocket();
+/// let sent = ws.broadcast_to_all_clients(Outgoing::new("jobs", "completed", serde_json::json!({"id": 7})));
+/// assert_eq!(sent, 0); // nobody is connected yet
+/// ws.send_message_to_all(Outgoing::new("news", "flash", "hello cluster")).await?;
+/// running.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct WebSocket {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for WebSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("worker_id", &self.inner.worker_id)
+            .field("clients", &self.client_count())
+            .field("routes", &self.inner.routes)
+            .finish()
+    }
+}
+
+impl WebSocket {
+    pub(crate) fn new(
+        setup: crate::plugin::ServerSetup,
+        routes: RouteTable,
+        worker_id: Arc<str>,
+        publisher: Publisher,
+        counters: Arc<Counters>,
+        handler_timeout: Duration,
+    ) -> Self {
+        let verifier =
+            auth::Verifier::new(setup.config.jwt_secret.as_ref(), setup.config.require_auth);
+        if setup.config.require_auth && setup.config.jwt_secret.is_none() {
+            tracing::warn!(
+                worker_id = %worker_id,
+                "WebSocket auth is required but no JWT secret is configured: every client will be refused (401)"
+            );
+        }
+        if !routes.keys().is_empty() {
+            tracing::info!(worker_id = %worker_id, routes = ?routes.keys(), "client routes");
+        }
+        Self {
+            inner: Arc::new(Inner {
+                worker_id,
+                publisher,
+                counters,
+                config: setup.config,
+                verifier,
+                routes,
+                hooks: setup.hooks,
+                metrics: setup.metrics,
+                handler_timeout,
+                state: RwLock::default(),
+                epoch: Instant::now(),
+                epoch_wall: SystemTime::now(),
+                accept_stop: CancellationToken::new(),
+                closing_all: CancellationToken::new(),
+                force: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                servers: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Milliseconds since the server's monotonic epoch.
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A server-epoch timestamp as milliseconds since the Unix epoch.
+    fn wall_ms(&self, ms: u64) -> u64 {
+        let wall = self.inner.epoch_wall + Duration::from_millis(ms);
+        u64::try_from(
+            wall.duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            messages: self.inner.config.max_queued_messages,
+            bytes: self.inner.config.max_queued_bytes,
+        }
+    }
+
+    /// The server's counters (clients, disconnects by reason, auth rejections, client messages
+    /// and errors).
+    pub fn stats(&self) -> crate::ServerStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// This worker's instance id.
+    pub fn worker_id(&self) -> &str {
+        &self.inner.worker_id
+    }
+
+    /// Number of clients connected to this worker.
+    pub fn client_count(&self) -> usize {
+        self.read().local.len()
+    }
+
+    /// Number of clients this worker knows of in the whole cluster (its own included).
+    pub fn cluster_client_count(&self) -> usize {
+        self.read().clients.len()
+    }
+
+    /// The ids of the clients connected to this worker.
+    pub fn local_clients(&self) -> Vec<ClientId> {
+        self.read().local.keys().cloned().collect()
+    }
+
+    /// What this worker knows about a client of the cluster.
+    pub fn client(&self, id: &ClientId) -> Option<ClientInfo> {
+        let state = self.read();
+        let e = state.clients.get(id)?;
+        let mut rooms: Vec<String> = e.rooms.iter().map(|r| r.to_string()).collect();
+        rooms.sort();
+        Some(ClientInfo {
+            id: id.clone(),
+            worker_id: e.worker_id.to_string(),
+            user: e.user.as_deref().cloned(),
+            rooms,
+            local: e.local.is_some(),
+            last_activity: match &e.local {
+                Some(conn) => self.wall_ms(conn.last_activity()),
+                None => e.last_activity,
+            },
+        })
+    }
+
+    /// Whether the client is connected to any worker of the cluster (as far as this worker knows).
+    pub fn is_connected(&self, id: &ClientId) -> bool {
+        self.read().clients.contains_key(id)
+    }
+
+    /// Whether the client is connected to this worker.
+    pub fn is_local(&self, id: &ClientId) -> bool {
+        self.read().local.contains_key(id)
+    }
+
+    /// Every room of the cluster with at least one member, sorted.
+    pub fn rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self.read().rooms.keys().map(|r| r.to_string()).collect();
+        rooms.sort();
+        rooms
+    }
+
+    /// The members of a room, cluster-wide (empty for an unknown room).
+    pub fn room_members(&self, room: &str) -> Vec<ClientId> {
+        self.read()
+            .rooms
+            .get(room)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The rooms a client is in, sorted.
+    pub fn rooms_of(&self, id: &ClientId) -> Vec<String> {
+        self.client(id).map(|c| c.rooms).unwrap_or_default()
+    }
+
+    pub(crate) async fn publish_quietly(&self, channel: &str, message: &Value) {
+        if let Err(error) = self.inner.publisher.publish(channel, message).await {
+            tracing::warn!(
+                channel,
+                worker_id = %self.inner.worker_id,
+                %error,
+                "could not tell the other workers; their view of the cluster may be stale"
+            );
+        }
+    }
+
+    /// Registers a new connection of this worker.
+    pub(crate) fn register(&self, conn: Arc<Conn>) {
+        let id = conn.client.id.clone();
+        let entry = Entry {
+            worker_id: self.inner.worker_id.clone(),
+            user: conn.client.user.clone(),
+            last_activity: 0,
+            rooms: Vec::new(),
+            local: Some(conn.clone()),
+        };
+        let mut state = self.write();
+        state.clients.insert(id.clone(), entry);
+        state.local.insert(id, conn);
+    }
+
+    /// Forgets a connection of this worker (and its rooms).
+    pub(crate) fn unregister(&self, id: &ClientId) -> bool {
+        self.write().remove(id).is_some()
+    }
+
+    /// Registers an in-process client (the test kit's) whose frames arrive on the returned
+    /// receiver (a queue of `capacity` frames). Not public API.
+    #[doc(hidden)]
+    pub fn attach_local(&self, capacity: usize) -> (ClientId, LocalReceiver) {
+        let client = Client::new(ClientId::generate(), None);
+        let limits = QueueLimits {
+            messages: capacity.max(1),
+            bytes: usize::MAX,
+        };
+        let conn = Arc::new(Conn::new(client, self.now_ms(), limits));
+        let id = conn.client.id.clone();
+        self.register(conn.clone());
+        (id, LocalReceiver { conn })
+    }
+
+    /// Removes an in-process client. Not public API.
+    #[doc(hidden)]
+    pub fn detach_local(&self, id: &ClientId) {
+        let conn = self.write().remove(id).and_then(|e| e.local);
+        if let Some(conn) = conn {
+            conn.close(DisconnectReason::ClientClosed(None));
+        }
+    }
+
+    /// Stops accepting connections (the listeners stop; `/ws` answers 503).
+    pub(crate) fn stop_accepting(&self) {
+        self.inner.accept_stop.cancel();
+    }
+
+    /// Closes every connection with 1001 once its running route handler is done, waits for them
+    /// until `deadline`, then abandons running handlers and waits for the sockets to close.
+    pub(crate) async fn close_all(&self, deadline: Instant) {
+        self.inner.accept_stop.cancel();
+        self.inner.closing_all.cancel();
+        self.inner.tracker.close();
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if tokio::time::timeout_at(deadline, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker_id = %self.inner.worker_id,
+                "shutdown: connections still busy after the grace period; abandoning their handlers"
+            );
+            self.inner.force.cancel();
+            let _ = tokio::time::timeout(
+                self.inner.config.close_timeout + Duration::from_secs(1),
+                self.inner.tracker.wait(),
+            )
+            .await;
+        }
+        let servers: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *self
+                .inner
+                .servers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for server in servers {
+            if tokio::time::timeout(Duration::from_secs(1), server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutdown: an HTTP listener did not stop in time");
+            }
+        }
+    }
+
+    /// Stops everything at once (dropping the application).
+    pub(crate) fn abort(&self) {
+        self.inner.accept_stop.cancel();
+        self.inner.closing_all.cancel();
+        self.inner.force.cancel();
+    }
+}

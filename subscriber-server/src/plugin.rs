@@ -1,0 +1,143 @@
+//! [`WebSocketServer`]: the server as a [`Plugin`] of the application. At `build()` it makes the
+//! [`WebSocket`] handle (provided to handlers as state, taken as an extractor), checks the client
+//! routes, installs the Prometheus recorder when asked, and adds the cluster mirror as an internal
+//! subscriber; it stops accepting when shutdown begins and closes every socket (1001) at the end.
+//!
+//! Linking this crate is enough: it submits itself as a default plugin, so every application of
+//! the binary gets the server unless the builder leaves it out
+//! (`.without_plugin::<WebSocketServer>()`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use subscriber_runtime::plugin::{Plugin, PluginContext};
+use subscriber_runtime::{BuildError, Context, Resources, Subscriber};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WebSocketConfig;
+use crate::hooks::Hooks;
+use crate::metrics::Endpoint;
+use crate::routes::{InlineRoute, RouteTable};
+use crate::stats::Counters;
+use crate::{mirror, WebSocket};
+
+/// The plugin's name, in logs and in [`BuildError::Plugin`].
+pub(crate) const NAME: &str = "websocket";
+
+/// The WebSocket server as a plugin: what the builder's server methods
+/// ([`ServerBuilderExt`](crate::ServerBuilderExt)) configure. See the [module](self)
+/// documentation.
+#[derive(Default)]
+pub struct WebSocketServer {
+    pub(crate) config: WebSocketConfig,
+    pub(crate) routes: Vec<InlineRoute>,
+    pub(crate) hooks: Hooks,
+    pub(crate) prometheus: Option<String>,
+    handle: Option<WebSocket>,
+}
+
+impl fmt::Debug for WebSocketServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketServer")
+            .field("config", &self.config)
+            .field("routes", &self.routes)
+            .field("prometheus", &self.prometheus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebSocketServer {
+    /// The server's handle, once the application is built.
+    pub fn handle(&self) -> Option<&WebSocket> {
+        self.handle.as_ref()
+    }
+}
+
+/// What the handle is made of, besides the application's.
+pub(crate) struct ServerSetup {
+    pub(crate) config: WebSocketConfig,
+    pub(crate) hooks: Hooks,
+    pub(crate) metrics: Endpoint,
+}
+
+impl Plugin for WebSocketServer {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn build(&mut self, cx: &mut PluginContext<'_>) -> Result<(), BuildError> {
+        let plugin_error = |e| BuildError::plugin(NAME, e);
+        let metrics = match &self.prometheus {
+            #[cfg(feature = "prometheus")]
+            Some(path) => {
+                let endpoint = crate::metrics::prometheus::install(path).map_err(plugin_error)?;
+                cx.resolve_metrics_at_build();
+                endpoint
+            }
+            #[cfg(not(feature = "prometheus"))]
+            Some(_) => unreachable!("`prometheus` is only available with the `prometheus` feature"),
+            None => Endpoint::default(),
+        };
+        let routes =
+            RouteTable::build(std::mem::take(&mut self.routes), cx).map_err(plugin_error)?;
+        let ws = WebSocket::new(
+            ServerSetup {
+                config: self.config.clone(),
+                hooks: std::mem::take(&mut self.hooks),
+                metrics,
+            },
+            routes,
+            cx.worker_id().clone(),
+            cx.publisher().clone(),
+            Arc::new(Counters::resolved()),
+            cx.handler_timeout(),
+        );
+        cx.state(ws.clone());
+        // Off the framework channels, the worker hears nothing of the cluster: no mirror.
+        if cx.framework_channels() {
+            let mirror = ws.clone();
+            cx.subscriber(
+                Subscriber::channels(mirror::CHANNELS)
+                    .name("switchboard.websocket.mirror")
+                    .description("the cluster's clients and rooms, and the cluster sends to this worker's clients")
+                    .handle(move |cx: Context| mirror.on_framework_message(&cx)),
+            );
+        }
+        self.handle = Some(ws);
+        Ok(())
+    }
+
+    fn start(&mut self, _resources: &Arc<Resources>, stop: CancellationToken) {
+        if let Some(ws) = &self.handle {
+            ws.inner.metrics.spawn_upkeep(stop);
+        }
+    }
+
+    fn stopping(&mut self) {
+        if let Some(ws) = &self.handle {
+            ws.stop_accepting();
+        }
+    }
+
+    fn stop(&mut self, deadline: Instant) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(ws) = &self.handle {
+                ws.close_all(deadline).await;
+            }
+        })
+    }
+
+    fn abort(&mut self) {
+        if let Some(ws) = &self.handle {
+            ws.abort();
+        }
+    }
+}
+
+subscriber_runtime::__private::inventory::submit! {
+    subscriber_runtime::__private::DefaultPlugin {
+        make: || Box::new(WebSocketServer::default()),
+    }
+}

@@ -1,0 +1,359 @@
+//! The sends of the [`WebSocket`] handle: to this worker's clients (each frame serialized once,
+//! the same bytes queued for every recipient) and across the cluster through the broker; room
+//! joins and leaves.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use subscriber_runtime::{event, PublishError};
+
+use crate::client::{Client, Conn, DisconnectReason, Pushed};
+use crate::frame::{error_frame, ClientId, Frame};
+use crate::hooks::guarded;
+use crate::rooms::{room_user, RoomError};
+use crate::stats::Counters;
+use crate::WebSocket;
+
+impl WebSocket {
+    /// Queues a frame for one local connection.
+    pub(crate) fn deliver(&self, conn: &Conn, frame: &Frame) -> bool {
+        match conn.push(frame) {
+            Pushed::Queued => true,
+            Pushed::Closed => false,
+            Pushed::Slow => {
+                Counters::inc(&self.inner.counters.slow_consumer_disconnects);
+                self.inner.counters.metrics.slow_consumers.increment(1);
+                tracing::warn!(
+                    client_id = %conn.client.id,
+                    worker_id = %self.inner.worker_id,
+                    max_messages = self.inner.config.max_queued_messages,
+                    max_bytes = self.inner.config.max_queued_bytes,
+                    "slow consumer: send queue full, disconnecting the client (1013)"
+                );
+                false
+            }
+        }
+    }
+
+    /// Sends a frame to every client of this worker; returns how many got it.
+    pub fn broadcast_to_all_clients(&self, frame: impl Into<Frame>) -> usize {
+        let frame = frame.into();
+        let state = self.read();
+        state
+            .local
+            .values()
+            .filter(|conn| self.deliver(conn, &frame))
+            .count()
+    }
+
+    /// Sends a frame to every client of this worker but one (typically the sender).
+    pub fn broadcast_to_all_clients_except(
+        &self,
+        frame: impl Into<Frame>,
+        excluded: &ClientId,
+    ) -> usize {
+        let frame = frame.into();
+        let state = self.read();
+        state
+            .local
+            .iter()
+            .filter(|(id, conn)| *id != excluded && self.deliver(conn, &frame))
+            .count()
+    }
+
+    /// Sends a frame to the clients of this worker for which `predicate` is true.
+    ///
+    /// ```
+    /// # use switchboard::{Outgoing, WebSocket};
+    /// # fn f(ws: WebSocket) {
+    /// let admins = ws.broadcast_to_all_clients_where(Outgoing::new("admin", "notice", "hi"), |client| {
+    ///     client.claims().is_some_and(|c| c["role"] == "admin")
+    /// });
+    /// # let _ = admins;
+    /// # }
+    /// ```
+    pub fn broadcast_to_all_clients_where(
+        &self,
+        frame: impl Into<Frame>,
+        predicate: impl Fn(&Client) -> bool,
+    ) -> usize {
+        let frame = frame.into();
+        let state = self.read();
+        state
+            .local
+            .values()
+            .filter(|conn| predicate(&conn.client) && self.deliver(conn, &frame))
+            .count()
+    }
+
+    /// Sends a frame to the members of a room connected to this worker.
+    pub fn broadcast_to_room(&self, room: &str, frame: impl Into<Frame>) -> usize {
+        self.room_send(room, &frame.into(), None)
+    }
+
+    /// Sends a frame to the members of a room connected to this worker, but one.
+    pub fn broadcast_to_room_except(
+        &self,
+        room: &str,
+        frame: impl Into<Frame>,
+        excluded: &ClientId,
+    ) -> usize {
+        self.room_send(room, &frame.into(), Some(excluded))
+    }
+
+    pub(crate) fn room_send(
+        &self,
+        room: &str,
+        frame: &Frame,
+        excluded: Option<&ClientId>,
+    ) -> usize {
+        let state = self.read();
+        let Some(members) = state.rooms.get(room) else {
+            tracing::trace!(room, "broadcast to a room with no members");
+            return 0;
+        };
+        members
+            .iter()
+            .filter_map(|(id, conn)| conn.as_ref().filter(|_| Some(id) != excluded))
+            .filter(|conn| self.deliver(conn, frame))
+            .count()
+    }
+
+    /// Sends a frame to the clients of this worker authenticated as one of `users`. Ids compare
+    /// as text, so `42` and `"42"` are the same user.
+    pub fn broadcast_to_users<I>(&self, users: I, frame: impl Into<Frame>) -> usize
+    where
+        I: IntoIterator,
+        I::Item: fmt::Display,
+    {
+        let wanted: HashSet<String> = users.into_iter().map(|u| u.to_string()).collect();
+        if wanted.is_empty() {
+            return 0;
+        }
+        let frame = frame.into();
+        let state = self.read();
+        state
+            .local
+            .values()
+            .filter(|conn| {
+                conn.client
+                    .user_id()
+                    .is_some_and(|u| wanted.contains(u.as_str()))
+            })
+            .filter(|conn| self.deliver(conn, &frame))
+            .count()
+    }
+
+    /// Sends a frame to one client of this worker; false when it is not connected here (or is
+    /// being disconnected).
+    pub fn broadcast_to_client(&self, client: &ClientId, frame: impl Into<Frame>) -> bool {
+        let state = self.read();
+        state
+            .local
+            .get(client)
+            .is_some_and(|conn| self.deliver(conn, &frame.into()))
+    }
+
+    /// Sends the error frame `{"type":"error","action":"message","data":{"error":...}}` to one
+    /// client of this worker.
+    pub fn send_error(&self, client: &ClientId, error: &str) -> bool {
+        let conn = self.read().local.get(client).cloned();
+        conn.is_some_and(|conn| self.send_error_to(&conn, error))
+    }
+
+    pub(crate) fn send_error_to(&self, conn: &Conn, error: &str) -> bool {
+        Counters::inc(&self.inner.counters.client_errors);
+        self.inner.counters.metrics.client_errors.increment(1);
+        tracing::debug!(client_id = %conn.client.id, %error, "error frame to client");
+        for hook in &self.inner.hooks.error {
+            guarded("on_error", &conn.client.id, || hook(&conn.client, error));
+        }
+        self.deliver(conn, &error_frame(error))
+    }
+
+    /// Publishes `message` (a JSON object, usually an [`Outgoing`]) on `sendMessageToAll`: every
+    /// worker of the cluster, this one included, sends it to all of its clients (the bytes as
+    /// published, without `workerId`/`includeSender`). Like every cluster send, it relies on the
+    /// framework channels being subscribed (the default).
+    ///
+    /// Delivery is at-most-once, as Redis pub/sub: a worker disconnected from the broker at that
+    /// moment does not deliver it.
+    ///
+    /// # Errors
+    /// What [`Publisher::publish`] returns (e.g. the message is not a JSON object).
+    pub async fn send_message_to_all(&self, message: impl Serialize) -> Result<(), PublishError> {
+        self.inner
+            .publisher
+            .publish_including_sender(event::SEND_MESSAGE_TO_ALL, &message)
+            .await
+    }
+
+    /// Publishes `message` on `custom`, for the subscriber handlers of every worker, this one
+    /// included (clients get nothing unless a handler passes it on).
+    ///
+    /// # Errors
+    /// As [`send_message_to_all`](Self::send_message_to_all).
+    pub async fn send_custom_message(&self, message: impl Serialize) -> Result<(), PublishError> {
+        self.inner
+            .publisher
+            .publish_including_sender(event::CUSTOM, &message)
+            .await
+    }
+
+    /// Sends `message` to the members of `room` on every worker of the cluster (through the
+    /// broker, on `sendMessageToRoom`).
+    ///
+    /// # Errors
+    /// As [`send_message_to_all`](Self::send_message_to_all).
+    pub async fn broadcast_to_room_everywhere(
+        &self,
+        room: &str,
+        message: impl Serialize,
+    ) -> Result<(), PublishError> {
+        self.room_everywhere(room, message, None).await
+    }
+
+    /// As [`broadcast_to_room_everywhere`](Self::broadcast_to_room_everywhere), but not to
+    /// `excluded` (typically the sender).
+    ///
+    /// # Errors
+    /// As [`send_message_to_all`](Self::send_message_to_all).
+    pub async fn broadcast_to_room_everywhere_except(
+        &self,
+        room: &str,
+        message: impl Serialize,
+        excluded: &ClientId,
+    ) -> Result<(), PublishError> {
+        self.room_everywhere(room, message, Some(excluded)).await
+    }
+
+    async fn room_everywhere(
+        &self,
+        room: &str,
+        message: impl Serialize,
+        excluded: Option<&ClientId>,
+    ) -> Result<(), PublishError> {
+        #[derive(Serialize)]
+        struct ToRoom<'a, T> {
+            #[serde(rename = "roomName")]
+            room_name: &'a str,
+            message: T,
+            #[serde(rename = "excludeClientId", skip_serializing_if = "Option::is_none")]
+            exclude: Option<&'a ClientId>,
+        }
+        self.inner
+            .publisher
+            .publish_including_sender(
+                event::SEND_MESSAGE_TO_ROOM,
+                &ToRoom {
+                    room_name: room,
+                    message,
+                    exclude: excluded,
+                },
+            )
+            .await
+    }
+
+    /// Adds a client of this worker to a room, and tells the other workers
+    /// (`clientJoinedRoom`). Under [`RoomPolicy::Single`] the client first leaves its other rooms
+    /// (`clientLeftRoom` for each). Returns false when it was already in the room.
+    ///
+    /// # Errors
+    /// [`RoomError`] for an empty room name or a client not connected here. A failure to tell the
+    /// other workers is logged, not returned: the join happened.
+    pub async fn join_room(&self, client: &ClientId, room: &str) -> Result<bool, RoomError> {
+        let user = {
+            let state = self.read();
+            let conn = state
+                .local
+                .get(client)
+                .ok_or_else(|| RoomError::NotLocal(client.clone()))?;
+            room_user(&conn.client, None)
+        };
+        self.join_with(client, room, user).await
+    }
+
+    pub(crate) async fn join_with(
+        &self,
+        client: &ClientId,
+        room: &str,
+        user: Value,
+    ) -> Result<bool, RoomError> {
+        if room.is_empty() {
+            return Err(RoomError::EmptyName);
+        }
+        let change = {
+            let mut state = self.write();
+            if !state.local.contains_key(client) {
+                return Err(RoomError::NotLocal(client.clone()));
+            }
+            state
+                .join(client, room, self.inner.config.room_policy)
+                .ok_or_else(|| RoomError::NotLocal(client.clone()))?
+        };
+        for old in &change.left {
+            tracing::debug!(client_id = %client, room = %old, "client left room (single-room policy)");
+            self.publish_quietly(
+                event::CLIENT_LEFT_ROOM,
+                &json!({"clientId": client, "room": &**old}),
+            )
+            .await;
+        }
+        if change.joined {
+            tracing::debug!(client_id = %client, room, worker_id = %self.inner.worker_id, "client joined room");
+            self.publish_quietly(
+                event::CLIENT_JOINED_ROOM,
+                &json!({"clientId": client, "user": user, "roomName": room}),
+            )
+            .await;
+        }
+        Ok(change.joined)
+    }
+
+    /// Removes a client of this worker from a room and tells the other workers
+    /// (`clientLeftRoom`). Returns false when it was not in the room. A room is deleted when its
+    /// last member leaves.
+    ///
+    /// # Errors
+    /// [`RoomError`] for an empty room name or a client not connected here.
+    pub async fn leave_room(&self, client: &ClientId, room: &str) -> Result<bool, RoomError> {
+        if room.is_empty() {
+            return Err(RoomError::EmptyName);
+        }
+        let left = {
+            let mut state = self.write();
+            if !state.local.contains_key(client) {
+                return Err(RoomError::NotLocal(client.clone()));
+            }
+            state.leave(client, room)
+        };
+        if left {
+            tracing::debug!(client_id = %client, room, worker_id = %self.inner.worker_id, "client left room");
+            self.publish_quietly(
+                event::CLIENT_LEFT_ROOM,
+                &json!({"clientId": client, "room": room}),
+            )
+            .await;
+        }
+        Ok(left)
+    }
+
+    /// Closes a client wherever it is connected: at once when it is connected here (close code
+    /// 1000, after its queued frames), otherwise by publishing `disconnectClient`.
+    ///
+    /// # Errors
+    /// The publish failure, when the client is not connected here.
+    pub async fn disconnect_client(&self, client: &ClientId) -> Result<(), PublishError> {
+        let conn = self.read().local.get(client).cloned();
+        if let Some(conn) = conn {
+            conn.close(DisconnectReason::Kicked);
+            return Ok(());
+        }
+        self.inner
+            .publisher
+            .publish(event::DISCONNECT_CLIENT, &json!({ "clientId": client }))
+            .await
+    }
+}

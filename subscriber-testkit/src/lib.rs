@@ -1,0 +1,329 @@
+//! The test kit of Switchboard (`switchboard::testing`, feature `testing`): run handlers on the
+//! in-process broker, publish a message, wait until every handler it triggered has finished, and
+//! inspect what ran and what was published; test WebSocket clients without a network; and
+//! [`MockRedis`], a Redis server on loopback for the Redis broker's tests.
+//!
+//! It is a crate of its own so that none of it is compiled into an application's production
+//! build: depend on `switchboard` with the `testing` feature in `[dev-dependencies]`.
+//!
+//! ```
+//! use switchboard::prelude::*;
+//! use switchboard::testing::TestApp;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), switchboard::Error> {
+//! let app = TestApp::start(
+//!     Switchboard::builder()
+//!         .without_linked_handlers()
+//!         .subscriber(Subscriber::channels(["orders"]).name("echo").handle(
+//!             |Message(m): Message, publisher: Publisher| async move {
+//!                 publisher.publish("orders:seen", &m).await
+//!             },
+//!         )),
+//! )
+//! .await?;
+//! let dispatch = app.publish("orders", &serde_json::json!({"id": 1})).await?;
+//! assert_eq!(dispatch.handlers(), ["echo"]);
+//! assert_eq!(app.published()[0].channel, "orders:seen");
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+#[cfg(feature = "server")]
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use subscriber_runtime::broker::{Broker, Inbox, MemoryBroker, Subscriptions};
+pub use subscriber_runtime::Outcome;
+use subscriber_runtime::{BrokerError, Builder, DispatchEvent, Error, Publisher, Running, Stats};
+#[cfg(feature = "server")]
+use subscriber_server::{ClientId, LocalReceiver, ServerRunningExt, WebSocket};
+
+mod mock_redis;
+pub use mock_redis::MockRedis;
+
+/// A message an application published, as recorded by [`TestApp::published`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// The channel.
+    pub channel: String,
+    /// The payload, parsed (envelope fields included), or the raw text as a JSON string when it
+    /// is not JSON.
+    pub message: Value,
+}
+
+/// One handler run, as recorded by the harness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandlerRun {
+    /// The handler's name.
+    pub handler: String,
+    /// The channel of the message.
+    pub channel: String,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// What happened to the messages of one [`TestApp::publish`] (and to any message its handlers
+/// published in turn, on this worker).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dispatch {
+    /// Handler runs, in the order they ran.
+    pub runs: Vec<HandlerRun>,
+    /// Payloads refused (not JSON, too large, too deep), with the reason.
+    pub invalid: Vec<String>,
+    /// Messages skipped because this worker published them without `includeSender`.
+    pub skipped_own: usize,
+}
+
+impl Dispatch {
+    /// The names of the handlers that ran, in order.
+    pub fn handlers(&self) -> Vec<&str> {
+        self.runs.iter().map(|r| r.handler.as_str()).collect()
+    }
+
+    /// How the named handler's (first) run ended, if it ran.
+    pub fn outcome(&self, handler: &str) -> Option<&Outcome> {
+        self.runs
+            .iter()
+            .find(|r| r.handler == handler)
+            .map(|r| &r.outcome)
+    }
+}
+
+/// A broker wrapper that records what the application publishes.
+#[derive(Debug, Clone)]
+struct Recording {
+    inner: MemoryBroker,
+    log: Arc<Mutex<Vec<Published>>>,
+}
+
+impl Broker for Recording {
+    fn publish(&self, channel: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let message = serde_json::from_slice(&payload)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into_owned()));
+        lock(&self.log).push(Published {
+            channel: channel.to_owned(),
+            message,
+        });
+        self.inner.publish(channel, payload)
+    }
+
+    fn subscribe(
+        &self,
+        subscriptions: Subscriptions,
+        inbox: Inbox,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.inner.subscribe(subscriptions, inbox, shutdown)
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A started application on the in-process broker, for tests.
+pub struct TestApp {
+    running: Running,
+    bus: MemoryBroker,
+    events: Arc<Mutex<Vec<DispatchEvent>>>,
+    published: Arc<Mutex<Vec<Published>>>,
+    outsider: Publisher,
+}
+
+impl fmt::Debug for TestApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestApp")
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestApp {
+    /// Builds and starts `builder` on a new in-process bus.
+    ///
+    /// # Errors
+    /// What `build()` or `start()` returns.
+    pub async fn start(builder: Builder) -> Result<Self, Error> {
+        Self::start_on(MemoryBroker::new(), builder).await
+    }
+
+    /// Builds and starts `builder` on the given bus, so several test workers can share it.
+    ///
+    /// # Errors
+    /// What `build()` or `start()` returns.
+    pub async fn start_on(bus: MemoryBroker, builder: Builder) -> Result<Self, Error> {
+        let events: Arc<Mutex<Vec<DispatchEvent>>> = Arc::default();
+        let published: Arc<Mutex<Vec<Published>>> = Arc::default();
+        let sink = events.clone();
+        let builder = builder
+            .broker(Recording {
+                inner: bus.clone(),
+                log: published.clone(),
+            })
+            .observe(move |event| lock(&sink).push(event.clone()));
+        let running = builder.build()?.start().await?;
+        let outsider = Publisher::new(Arc::new(bus.clone()), "testing-harness".into());
+        Ok(Self {
+            running,
+            bus,
+            events,
+            published,
+            outsider,
+        })
+    }
+
+    /// Publishes `message` on `channel` as another worker would, and waits until every handler
+    /// it triggered has finished.
+    ///
+    /// # Errors
+    /// An invalid channel or a message that is not a JSON object.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        message: &T,
+    ) -> Result<Dispatch, Error> {
+        self.outsider.publish(channel, message).await?;
+        Ok(self.settle().await)
+    }
+
+    /// Publishes a payload unchanged (no envelope), and waits until it has been handled.
+    pub async fn publish_raw(&self, channel: &str, payload: impl Into<Bytes>) -> Dispatch {
+        self.bus.publish_now(channel, payload.into());
+        self.settle().await
+    }
+
+    /// Publishes as this worker itself would (`workerId` = this worker's id), and waits.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish).
+    pub async fn publish_as_self<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        message: &T,
+        include_sender: bool,
+    ) -> Result<Dispatch, Error> {
+        let me = Publisher::new(Arc::new(self.bus.clone()), self.worker_id().into());
+        if include_sender {
+            me.publish_including_sender(channel, message).await?;
+        } else {
+            me.publish(channel, message).await?;
+        }
+        Ok(self.settle().await)
+    }
+
+    /// Waits until everything received so far is handled, and returns what happened since the
+    /// last call.
+    pub async fn settle(&self) -> Dispatch {
+        self.running.wait_idle().await;
+        let mut dispatch = Dispatch::default();
+        for event in lock(&self.events).drain(..) {
+            match event {
+                DispatchEvent::Ran {
+                    handler,
+                    channel,
+                    outcome,
+                    ..
+                } => dispatch.runs.push(HandlerRun {
+                    handler,
+                    channel: channel.to_string(),
+                    outcome,
+                }),
+                DispatchEvent::Invalid { reason, .. } => dispatch.invalid.push(reason),
+                DispatchEvent::SkippedOwn { .. } => dispatch.skipped_own += 1,
+                _ => {}
+            }
+        }
+        dispatch
+    }
+
+    /// Everything this application's handlers (or its publisher) published, in order.
+    pub fn published(&self) -> Vec<Published> {
+        lock(&self.published).clone()
+    }
+
+    /// Connects a test WebSocket client to this worker.
+    #[cfg(feature = "server")]
+    pub fn connect_client(&self) -> TestClient {
+        let websocket = self.running.websocket();
+        let (id, rx) = websocket.attach_local(1024);
+        TestClient { id, rx, websocket }
+    }
+
+    /// The shared bus, to start more workers on it.
+    pub fn bus(&self) -> MemoryBroker {
+        self.bus.clone()
+    }
+
+    /// The running application.
+    pub fn running(&self) -> &Running {
+        &self.running
+    }
+
+    /// This worker's instance id.
+    pub fn worker_id(&self) -> &str {
+        self.running.worker_id()
+    }
+
+    /// The runtime's counters.
+    pub fn stats(&self) -> Stats {
+        self.running.stats()
+    }
+
+    /// Shuts the application down gracefully.
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
+    }
+}
+
+/// A WebSocket client connected to a [`TestApp`]'s worker, without a network.
+#[cfg(feature = "server")]
+#[derive(Debug)]
+pub struct TestClient {
+    id: ClientId,
+    rx: LocalReceiver,
+    websocket: WebSocket,
+}
+
+#[cfg(feature = "server")]
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.websocket.detach_local(&self.id);
+    }
+}
+
+#[cfg(feature = "server")]
+impl TestClient {
+    /// The client's id.
+    pub fn id(&self) -> &ClientId {
+        &self.id
+    }
+
+    /// The next frame, parsed, or `None` if none arrives within `timeout`.
+    pub async fn next_frame(&mut self, timeout: Duration) -> Option<Value> {
+        let frame = tokio::time::timeout(timeout, self.rx.recv()).await.ok()??;
+        Some(serde_json::from_str(frame.as_str()).expect("frames are JSON"))
+    }
+
+    /// Every frame already received, parsed.
+    pub fn received(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(frame) = self.rx.try_recv() {
+            out.push(serde_json::from_str(frame.as_str()).expect("frames are JSON"));
+        }
+        out
+    }
+}

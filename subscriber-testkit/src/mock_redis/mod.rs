@@ -1,0 +1,158 @@
+//! [`MockRedis`]: a small Redis server for tests, with fault injection.
+//!
+//! The mock is self-contained (it depends on no other part of the runtime), split by concept:
+//! - `resp`: the RESP2 codec (with a bound on buffered input) and reply builders;
+//! - `server`: the shared server state, the accept loop and the per-connection task;
+//! - `commands`: parsing and running one command;
+//! - `pubsub`: the `PUBLISH` fan-out to `message`/`pmessage` subscribers.
+//!
+//! The fault-injection controls are methods of [`MockRedis`], below.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod commands;
+mod pubsub;
+mod resp;
+mod server;
+#[cfg(test)]
+mod tests;
+
+use self::server::{accept_loop, Client, Shared};
+
+/// How long [`MockRedis::restart`] refuses connections.
+const RESTART_OUTAGE: Duration = Duration::from_millis(200);
+
+/// A Redis server for tests: a real TCP server on `127.0.0.1` speaking RESP2, with pub/sub
+/// (`SUBSCRIBE`, `PSUBSCRIBE` with Redis glob semantics, `UNSUBSCRIBE`, `PUNSUBSCRIBE`,
+/// `PUBLISH`) and the few other commands clients send (`PING`, `ECHO`, `SELECT`, `AUTH` — any
+/// password is accepted —, `CLIENT SETINFO`/`SETNAME`/`ID`, `HELLO 2`, `RESET`, `QUIT`). Nothing
+/// is stored: there are no keys.
+///
+/// Its fault injection drives the [`RedisBroker`](subscriber_runtime::broker::RedisBroker)'s reconnects:
+/// [`drop_connections`](Self::drop_connections), [`stall_connections`](Self::stall_connections),
+/// [`refuse_connections_for`](Self::refuse_connections_for) and [`restart`](Self::restart).
+/// Input that is not RESP closes that connection only.
+///
+/// Dropping the `MockRedis` stops the server and closes every connection. It runs on the Tokio
+/// runtime that started it.
+///
+/// ```
+/// use switchboard::broker::RedisBroker;
+/// use switchboard::testing::MockRedis;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), switchboard::Error> {
+/// let redis = MockRedis::start().await;
+/// let broker = RedisBroker::from_url(&redis.url())?;
+/// # let _ = broker;
+/// # Ok(())
+/// # }
+/// ```
+pub struct MockRedis {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl fmt::Debug for MockRedis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockRedis")
+            .field("addr", &self.addr)
+            .field("connections", &self.connection_count())
+            .field("published", &self.published_count())
+            .finish()
+    }
+}
+
+impl Drop for MockRedis {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+impl MockRedis {
+    /// Starts a server on `127.0.0.1` on a free port.
+    ///
+    /// # Panics
+    /// When no local port can be bound (the test cannot run anyway).
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("MockRedis: cannot bind a local port");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let shared = Arc::new(Shared::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
+        tracing::debug!(%addr, "mock redis started");
+        Self { addr, shared, stop }
+    }
+
+    /// The URL to connect to, e.g. `redis://127.0.0.1:34567/`.
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes every client connection now (their subscriptions go with them), as a network
+    /// failure or a server-side `CLIENT KILL` would. New connections are accepted as usual.
+    pub fn drop_connections(&self) {
+        let dropped: Vec<Client> = self.shared.clients().drain().map(|(_, c)| c).collect();
+        tracing::debug!(addr = %self.addr, connections = dropped.len(), "mock redis dropping every connection");
+        for client in dropped {
+            client.kill.cancel();
+        }
+    }
+
+    /// Stops answering on every current connection but keeps it open, as a network partition or
+    /// a frozen server would: nothing is read from or written to those clients any more (they
+    /// receive no messages, and `PUBLISH`es skip them), until they close or are dropped. New
+    /// connections are served as usual.
+    pub fn stall_connections(&self) {
+        let clients = self.shared.clients();
+        tracing::debug!(addr = %self.addr, connections = clients.len(), "mock redis stalling every connection");
+        for client in clients.values() {
+            client.stall.cancel();
+        }
+    }
+
+    /// For `duration` from now, closes every new connection as soon as it is accepted (before it
+    /// can send a command). Existing connections are left alone.
+    pub fn refuse_connections_for(&self, duration: Duration) {
+        *self
+            .shared
+            .refuse_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + duration);
+    }
+
+    /// Simulates a server restart: drops every connection, refuses new ones for a moment
+    /// (200 ms), and returns once connections are accepted again. Like a real restart, it forgets
+    /// every subscription.
+    pub async fn restart(&self) {
+        self.refuse_connections_for(RESTART_OUTAGE);
+        self.drop_connections();
+        tokio::time::sleep(RESTART_OUTAGE).await;
+    }
+
+    /// How many clients are connected now.
+    pub fn connection_count(&self) -> usize {
+        self.shared.clients().len()
+    }
+
+    /// How many `PUBLISH` commands were executed so far.
+    pub fn published_count(&self) -> u64 {
+        self.shared.published.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,152 @@
+//! The server side: the state shared by every connection, the accept loop (which honours
+//! [`refuse_connections_for`](super::MockRedis::refuse_connections_for)), and the task serving one
+//! connection (which honours drops and stalls).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use redis_protocol::resp2::types::BytesFrame;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::commands::{execute, After};
+use super::resp::Codec;
+
+#[derive(Default)]
+pub(super) struct Shared {
+    clients: Mutex<HashMap<u64, Client>>,
+    next_id: AtomicU64,
+    pub(super) published: AtomicU64,
+    pub(super) refuse_until: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    pub(super) fn clients(&self) -> MutexGuard<'_, HashMap<u64, Client>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn refusing(&self) -> bool {
+        let until = self
+            .refuse_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.is_some_and(|until| Instant::now() < until)
+    }
+}
+
+/// One connected client, as seen by `PUBLISH`.
+pub(super) struct Client {
+    /// Messages pushed to the client (`message`, `pmessage`).
+    pub(super) push: mpsc::UnboundedSender<BytesFrame>,
+    pub(super) kill: CancellationToken,
+    pub(super) stall: CancellationToken,
+    pub(super) channels: BTreeSet<Bytes>,
+    pub(super) patterns: BTreeSet<Bytes>,
+}
+
+impl Client {
+    pub(super) fn subscription_count(&self) -> i64 {
+        i64::try_from(self.channels.len() + self.patterns.len()).unwrap_or(i64::MAX)
+    }
+}
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // E.g. too many open files: wait a little rather than spin.
+                tracing::debug!(%error, "mock redis accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shared.refusing() {
+            tracing::debug!(%peer, "mock redis refusing a connection");
+            drop(socket);
+            continue;
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (push, pushed) = mpsc::unbounded_channel();
+        let kill = stop.child_token();
+        let stall = CancellationToken::new();
+        shared.clients().insert(
+            id,
+            Client {
+                push,
+                kill: kill.clone(),
+                stall: stall.clone(),
+                channels: BTreeSet::new(),
+                patterns: BTreeSet::new(),
+            },
+        );
+        tokio::spawn(serve(shared.clone(), id, socket, kill, stall, pushed));
+    }
+}
+async fn serve(
+    shared: Arc<Shared>,
+    id: u64,
+    socket: TcpStream,
+    kill: CancellationToken,
+    stall: CancellationToken,
+    mut pushed: mpsc::UnboundedReceiver<BytesFrame>,
+) {
+    let _ = socket.set_nodelay(true);
+    let mut framed = Framed::new(socket, Codec::default());
+    loop {
+        let mut replies = Vec::new();
+        let after = tokio::select! {
+            biased;
+            () = kill.cancelled() => break,
+            () = stall.cancelled() => {
+                // Hold the socket open, silent, until dropped (or the server stops).
+                kill.cancelled().await;
+                break;
+            }
+            push = pushed.recv() => match push {
+                Some(frame) => {
+                    replies.push(frame);
+                    After::Continue
+                }
+                None => break,
+            },
+            input = framed.next() => match input {
+                Some(Ok(frame)) => execute(&shared, id, frame, &mut replies),
+                Some(Err(error)) => {
+                    tracing::debug!(id, %error, "mock redis: malformed input, closing the connection");
+                    break;
+                }
+                None => break,
+            },
+        };
+        let write = async {
+            for reply in replies {
+                framed.feed(reply).await?;
+            }
+            framed.flush().await
+        };
+        let written = tokio::select! {
+            () = kill.cancelled() => break,
+            written = write => written,
+        };
+        if written.is_err() || matches!(after, After::Close) {
+            break;
+        }
+    }
+    shared.clients().remove(&id);
+}

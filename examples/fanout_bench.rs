@@ -1,5 +1,5 @@
 //! The fan-out benchmark server: what `scripts/bench.sh` and the load generator
-//! (`tools/loadgen`) measure against the hand-written baseline. Written as a user would write it:
+//! (`tools/switchboard-loadgen`) measure against the hand-written baseline. Written as a user would write it:
 //! an attributed subscriber and the framework's own server.
 //!
 //! Contract:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fan-out benchmark: the framework's `examples/fanout_bench.rs` against the hand-written
-# `baseline-server` (tools/loadgen), driven by `loadgen`.
+# `baseline-server` (tools/switchboard-loadgen), driven by `loadgen`.
 #
 # Starts a throw-away redis-server on a free port (no persistence), builds everything in
 # release mode, and for each scenario runs each server fresh (so peak RSS and memory per

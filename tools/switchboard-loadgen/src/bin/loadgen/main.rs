@@ -6,7 +6,7 @@
 //! throughput, latency, and the server's CPU and memory. `--idle` measures memory per idle
 //! connection instead, and `--report FILE` turns collected `RESULT` lines into a Markdown table.
 //!
-//! See `tools/loadgen/README.md`.
+//! See `tools/switchboard-loadgen/README.md`.
 
 mod client;
 mod procstat;

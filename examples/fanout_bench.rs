@@ -42,6 +42,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Every connection is a file descriptor: raise the soft limit to the hard one (N clients need
+    // N descriptors, plus the pending handshakes and a few dozen for the process itself).
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%error, "cannot raise the file-descriptor limit");
+    }
     let port: u16 = std::env::var("WS_PORT")
         .map_err(|_| anyhow::anyhow!("set WS_PORT"))?
         .parse()?;

@@ -150,6 +150,11 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // Every connection is a file descriptor: raise the soft limit to the hard one (N clients need
+    // N descriptors, plus the pending handshakes and a few dozen for the process itself).
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%error, "cannot raise the file-descriptor limit");
+    }
 
     let analytics = analytics_sink::store_from_env().await?;
     let builder = Switchboard::builder()

@@ -5,6 +5,9 @@
 # Starts a throw-away redis-server on a free port (no persistence), builds everything in
 # release mode, and for each scenario runs each server fresh (so peak RSS and memory per
 # connection belong to that scenario alone):
+#   burst       1000 clients x 2000 messages of ~100 bytes, published as fast as Redis takes
+#               them (no window, no pacing): the case that cuts healthy clients when a
+#               server cannot tell "briefly behind" from "stalled"
 #   throughput  1000 clients x 2000 messages, as fast as the window allows
 #   latency     100 clients x 5000 messages at 1000 msg/s
 #   idle        5000 idle connections: server memory per connection
@@ -16,7 +19,9 @@
 # Environment:
 #   BENCH_SCALE=0.1        multiply client and message counts (default 1)
 #   BENCH_PAYLOAD=128      payload bytes per message
-#   BENCH_SCENARIOS="..."  subset of: throughput latency idle churn
+#   BENCH_SCENARIOS="..."  subset of: burst throughput latency idle churn
+#   BENCH_PIN=1            pin each server to core 0 and loadgen to the other cores (taskset),
+#                          so that a server has one core of its own (default 1 when taskset exists)
 #   BENCH_SERVERS="..."    subset of: framework baseline
 #   BENCH_OUT=path.md      where the table goes (default target/bench-results.md)
 #   BENCH_FRAMEWORK_BIN=.. an already built server to use as "framework" (skips its build)
@@ -28,7 +33,16 @@ cd "$ROOT"
 
 SCALE=${BENCH_SCALE:-1}
 PAYLOAD=${BENCH_PAYLOAD:-128}
-SCENARIOS=${BENCH_SCENARIOS:-throughput latency idle churn}
+SCENARIOS=${BENCH_SCENARIOS:-burst throughput latency idle churn}
+PIN=${BENCH_PIN:-$(command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]] && echo 1 || echo 0)}
+SERVER_CPUS=0
+LOADGEN_CPUS=1-$(( $(nproc) - 1 ))
+# pinned CPUS COMMAND...: becomes COMMAND (exec, so `$!` of `pinned ... &` is its pid), on CPUS
+# when pinning is on. Only ever called in the background.
+pinned() {
+    local cpus=$1; shift
+    if [[ $PIN == 1 ]]; then exec taskset -c "$cpus" "$@"; else exec "$@"; fi
+}
 SERVERS=${BENCH_SERVERS:-framework baseline}
 OUT=${BENCH_OUT:-$ROOT/target/bench-results.md}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -130,7 +144,7 @@ BASELINE_BIN=$BIN_DIR/baseline-server
 
 REDIS_PORT=$(free_port)
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+pinned "$LOADGEN_CPUS" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --protected-mode yes --daemonize no --logfile "$LOG_DIR/redis.log" &
 REDIS_PID=$!
 for _ in $(seq 1 100); do
@@ -146,7 +160,7 @@ start_server() {
     local name=$1 bin=$2 logfile=$3
     for attempt in 1 2 3; do
         SERVER_PORT=$(free_port)
-        REDIS_URL=$REDIS_URL WS_PORT=$SERVER_PORT "$bin" >"$logfile" 2>&1 &
+        REDIS_URL=$REDIS_URL WS_PORT=$SERVER_PORT pinned "$SERVER_CPUS" "$bin" >"$logfile" 2>&1 &
         SERVER_PID=$!
         for _ in $(seq 1 300); do
             grep -q READY "$logfile" 2>/dev/null && return 0
@@ -175,7 +189,7 @@ run() {
         return 0
     fi
     # In the background, so that a signal to this script is handled at once (`wait` returns).
-    "$LOADGEN" --port "$SERVER_PORT" --redis-url "$REDIS_URL" --server-pid "$SERVER_PID" \
+    pinned "$LOADGEN_CPUS" "$LOADGEN" --port "$SERVER_PORT" --redis-url "$REDIS_URL" --server-pid "$SERVER_PID" \
         --server-name "$name" --scenario "$scenario" "$@" >"$logfile.log" 2>&1 &
     LOADGEN_PID=$!
     local status=0
@@ -194,12 +208,13 @@ run() {
 
 for scenario in $SCENARIOS; do
     case $scenario in
+        burst) args=(--clients "$(scaled 1000)" --messages "$(scaled 2000)" --payload 100 --rate 0 --window 0 --pipeline 256) ;;
         throughput) args=(--clients "$(scaled 1000)" --messages "$(scaled 2000)" --payload "$PAYLOAD" --rate 0) ;;
         latency) args=(--clients "$(scaled 100 10)" --messages "$(scaled 5000 100)" --payload "$PAYLOAD" --rate 1000) ;;
         idle) args=(--idle --clients "$(scaled 5000 10)") ;;
         # Paced, so that publishing lasts long enough (~2 s) for the churn to overlap it.
         churn) args=(--clients "$(scaled 1000)" --messages "$(scaled 1000 250)" --payload "$PAYLOAD" --rate 500 --churn "$(scaled 100 10)") ;;
-        *) die "unknown scenario $scenario (throughput latency idle churn)" ;;
+        *) die "unknown scenario $scenario (burst throughput latency idle churn)" ;;
     esac
     for server in $SERVERS; do
         case $server in

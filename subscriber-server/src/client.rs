@@ -270,6 +270,11 @@ pub(crate) struct Conn {
     /// Milliseconds since the server's epoch of the last message received.
     last_activity: AtomicU64,
     limits: QueueLimits,
+    /// Free places for this client's route handlers, which run beside its reader.
+    pub(crate) route_slots: tokio::sync::Semaphore,
+    /// The client sent a ping: the writer must get its pong out (a flush) within the stall
+    /// timeout, so that a client that floods pings and never reads is found.
+    flush_requested: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Conn {
@@ -280,11 +285,17 @@ impl fmt::Debug for Conn {
     }
 }
 
+/// What a queued frame counts against the send budget besides its bytes: its place in the queue
+/// (the frame's handle) and the writer's batch.
+pub(crate) const FRAME_OVERHEAD: usize = 64;
+
 /// Queue limits of one client.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
     pub(crate) messages: usize,
     pub(crate) bytes: usize,
+    /// Route handlers of this client that may run at once.
+    pub(crate) routes: usize,
 }
 
 impl Conn {
@@ -296,6 +307,8 @@ impl Conn {
             wake: Notify::new(),
             closing: CancellationToken::new(),
             last_activity: AtomicU64::new(now_ms),
+            route_slots: tokio::sync::Semaphore::new(limits.routes),
+            flush_requested: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -305,10 +318,10 @@ impl Conn {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a frame without waiting. A full queue closes the client as a slow consumer.
+    /// Queues a frame without waiting. A client over its send budget is closed as a slow consumer.
     pub(crate) fn push(&self, frame: &Frame) -> Pushed {
         let limits = self.limits;
-        let len = frame.len();
+        let len = frame.len() + FRAME_OVERHEAD;
         let mut out = self.lock();
         if out.close.is_some() {
             return Pushed::Closed;
@@ -372,6 +385,18 @@ impl Conn {
         out.bytes = out.bytes.saturating_sub(bytes);
     }
 
+    /// Asks the writer to flush (the pong of a ping the client sent).
+    pub(crate) fn request_flush(&self) {
+        if !self.flush_requested.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a flush was asked for since the last call.
+    pub(crate) fn take_flush_request(&self) -> bool {
+        self.flush_requested.swap(false, Ordering::AcqRel)
+    }
+
     /// Waits until a frame may be queued (after an empty queue got one).
     pub(crate) async fn queued(&self) {
         self.wake.notified().await;
@@ -390,7 +415,7 @@ impl Conn {
         let mut out = self.lock();
         let frame = out.queue.pop_front()?;
         out.messages = out.messages.saturating_sub(1);
-        out.bytes = out.bytes.saturating_sub(frame.len());
+        out.bytes = out.bytes.saturating_sub(frame.len() + FRAME_OVERHEAD);
         Some(frame)
     }
 }
@@ -442,7 +467,11 @@ mod tests {
         Conn::new(
             Client::new(ClientId::generate(), None),
             0,
-            QueueLimits { messages, bytes },
+            QueueLimits {
+                messages,
+                bytes,
+                routes: 1,
+            },
         )
     }
 

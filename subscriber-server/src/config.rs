@@ -79,6 +79,10 @@ pub struct WebSocketConfig {
     pub(crate) max_message_size: usize,
     pub(crate) max_queued_messages: usize,
     pub(crate) max_queued_bytes: usize,
+    pub(crate) stall_timeout: Duration,
+    pub(crate) max_concurrent_routes: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_pending_handshakes: usize,
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) pong_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
@@ -94,8 +98,12 @@ impl Default for WebSocketConfig {
             require_auth: false,
             room_policy: RoomPolicy::Multiple,
             max_message_size: 64 * 1024,
-            max_queued_messages: 1024,
-            max_queued_bytes: 4 * 1024 * 1024,
+            max_queued_messages: usize::MAX,
+            max_queued_bytes: 1024 * 1024,
+            stall_timeout: Duration::from_secs(10),
+            max_concurrent_routes: 8,
+            header_read_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 1024,
             ping_interval: Some(Duration::from_secs(30)),
             pong_timeout: Duration::from_secs(10),
             idle_timeout: None,
@@ -134,18 +142,66 @@ impl WebSocketConfig {
         self
     }
 
-    /// Most frames waiting to be written to one client (default 1024). A client whose queue is
-    /// full is disconnected with close code 1013 (counted as a slow consumer).
+    /// An optional cap on the frames waiting to be written to one client (default: none; the
+    /// byte budget, [`max_queued_bytes`](Self::max_queued_bytes), bounds them). A client over it is
+    /// disconnected with close code 1013 (counted as a slow consumer).
     pub fn max_queued_messages(mut self, n: usize) -> Self {
         self.max_queued_messages = n.max(1);
         self
     }
 
-    /// Most bytes waiting to be written to one client (default 4 MiB); as
-    /// [`max_queued_messages`](Self::max_queued_messages). One frame is always accepted into an
-    /// empty queue, whatever its size.
+    /// The send budget of one client: the bytes waiting to be written to it, each frame counted
+    /// with a fixed overhead of 64 bytes for its place in the queue (default 1 MiB, which absorbs
+    /// a burst of about 4,000 frames of 200 bytes). A client briefly behind stays within it and is
+    /// never cut; a client over it is disconnected with close code 1013 (counted as a slow
+    /// consumer, logged once). One frame is always accepted into an empty queue, whatever its
+    /// size. The same bound caps the connection's write buffer, pongs included.
+    ///
+    /// It is also the memory bound: a client's queue holds at most this much, so 10,000 clients
+    /// hold at most 10,000 × the budget (10 GiB at the default) when every frame is different.
+    /// A broadcast frame is serialized once and shared by every queue that holds it, so a burst
+    /// of broadcasts costs its bytes once plus the overhead per client: 2,000 frames queued for
+    /// 10,000 clients take about 640 MB of queue places, not 10,000 copies.
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.max_queued_bytes = bytes.max(1);
+        self
+    }
+
+    /// How many route handlers of one client may run at once (default 8). They run beside the
+    /// connection's reader, so a long handler never stops the client's other frames from being
+    /// read (pongs, system actions, other routes); when all are busy, the reader waits for one to
+    /// finish. Replies are sent in the order the handlers finish, not the order the frames came
+    /// in: give each request something to match its reply by (`data.requestId`, ...) when you
+    /// need to. System actions (`joinRoom`, `leaveRoom`) and error frames are answered at once.
+    pub fn max_concurrent_routes(mut self, n: usize) -> Self {
+        self.max_concurrent_routes = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// How long a new connection may take to send its HTTP request (the WebSocket handshake)
+    /// before it is closed (default 10 s). A socket that connects and never speaks holds a file
+    /// descriptor only this long.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many accepted connections may be waiting to finish their HTTP request at once
+    /// (default 1,024). Past it, the server stops accepting until one finishes or times out, so
+    /// that connections which never speak cannot take every file descriptor. Keep it below the
+    /// process's file-descriptor limit (`ulimit -n`), which must also cover every open
+    /// connection: N clients need N descriptors plus this bound plus a few dozen.
+    pub fn max_pending_handshakes(mut self, n: usize) -> Self {
+        self.max_pending_handshakes = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// How long a client may make no write progress (no frame taken by the socket) while frames
+    /// wait for it before it is disconnected as stalled, with close code 1013 (default 10 s). A
+    /// client that reads, however slowly, keeps its connection as long as it stays within its
+    /// [send budget](Self::max_queued_bytes).
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 

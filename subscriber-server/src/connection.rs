@@ -87,13 +87,7 @@ async fn connected(shared: &Arc<Serving>, user: Option<crate::client::User>) -> 
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         "user": client.user(),
     });
-    if let Err(error) = inner
-        .publisher
-        .publish(event::CLIENT_CONNECTED, &announce)
-        .await
-    {
-        tracing::warn!(client_id = %id, %error, "could not publish clientConnected");
-    }
+    ws.announce(event::CLIENT_CONNECTED, announce);
     for hook in &inner.hooks.connect {
         guarded("on_connect", id, || hook(&client, ws));
     }
@@ -120,24 +114,22 @@ async fn disconnected(shared: &Arc<Serving>, conn: &Conn) {
         _ => {}
     }
     tracing::debug!(client_id = %id, worker_id = %inner.worker_id, %reason, "client disconnected");
-    if let Err(error) = inner
-        .publisher
-        .publish(event::CLIENT_DISCONNECTED, &json!({ "clientId": id }))
-        .await
-    {
-        tracing::warn!(client_id = %id, %error, "could not publish clientDisconnected");
-    }
+    ws.announce(event::CLIENT_DISCONNECTED, json!({ "clientId": id }));
     for hook in &inner.hooks.disconnect {
         guarded("on_disconnect", id, || hook(&conn.client, ws, &reason));
     }
 }
 
-/// Whether a read error is a message over the size limit.
-fn is_too_big(error: axum::Error) -> Result<(), String> {
+/// Why a read failed: a message over the size limit, a write buffer over its bound (the pongs
+/// of a client that sends pings and never reads), or a lost connection.
+fn read_error_reason(error: axum::Error) -> DisconnectReason {
     let text = error.to_string();
     match error.into_inner().downcast::<tungstenite::Error>() {
-        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => Ok(()),
-        _ => Err(text),
+        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => DisconnectReason::MessageTooBig,
+        Ok(e) if matches!(*e, tungstenite::Error::WriteBufferFull(_)) => {
+            DisconnectReason::SlowConsumer
+        }
+        _ => DisconnectReason::ConnectionLost(text),
     }
 }
 
@@ -170,6 +162,8 @@ async fn read_loop(
             biased;
             () = conn.closing.cancelled() => break,
             () = inner.closing_all.cancelled() => {
+                // Its running route handlers reply first (or are abandoned at the deadline).
+                Box::pin(routes_done(ws, conn)).await;
                 conn.close(DisconnectReason::Shutdown);
                 break;
             }
@@ -182,14 +176,14 @@ async fn read_loop(
                         break;
                     }
                     Some(Err(error)) => {
-                        let reason = match is_too_big(error) {
-                            Ok(()) => DisconnectReason::MessageTooBig,
-                            Err(text) => DisconnectReason::ConnectionLost(text),
-                        };
+                        let reason = read_error_reason(error);
+                        let slow = reason == DisconnectReason::SlowConsumer;
                         if reason == DisconnectReason::MessageTooBig {
                             tracing::warn!(client_id = %conn.client.id, limit = config.max_message_size, "client sent a message over the size limit; closing (1009)");
                         }
-                        conn.close(reason);
+                        if conn.close(reason) && slow {
+                            ws.count_slow_consumer(conn, "its write buffer (pongs included) over the send budget");
+                        }
                         awaiting_close = false;
                         break;
                     }
@@ -203,7 +197,10 @@ async fn read_loop(
                             ws.send_error_to(conn, "Failed to parse JSON");
                         }
                     },
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    // tungstenite answers the ping itself; the writer makes sure the answer
+                    // leaves within the stall timeout.
+                    Some(Ok(Message::Ping(_))) => conn.request_flush(),
+                    Some(Ok(Message::Pong(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
                         conn.close(DisconnectReason::ClientClosed(frame.map(|f| f.code)));
                         awaiting_close = false;
@@ -274,14 +271,30 @@ async fn abortable<T>(ws: &WebSocket, conn: &Conn, f: impl Future<Output = T>) -
     }
 }
 
+/// Why a batch was not written.
+enum WriteError {
+    /// The socket took nothing for the stall timeout.
+    Stalled,
+    /// The socket failed.
+    Failed(axum::Error),
+}
+
+/// Feeds every frame of `batch` to the socket, then flushes once. Each step must make progress
+/// within `stall`: a client that stops reading is found even in the middle of a batch.
 async fn send_batch(
     sink: &mut SplitSink<Socket, Message>,
     batch: &mut VecDeque<Frame>,
-) -> Result<(), axum::Error> {
+    stall: Duration,
+) -> Result<(), WriteError> {
+    let step = |result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>| match result {
+        Err(_) => Err(WriteError::Stalled),
+        Ok(Err(error)) => Err(WriteError::Failed(error)),
+        Ok(Ok(())) => Ok(()),
+    };
     while let Some(frame) = batch.pop_front() {
-        sink.feed(Message::Text(frame.0)).await?;
+        step(tokio::time::timeout(stall, sink.feed(Message::Text(frame.0))).await)?;
     }
-    sink.flush().await
+    step(tokio::time::timeout(stall, sink.flush()).await)
 }
 
 async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket, Message>) {
@@ -303,7 +316,7 @@ async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket
                     None => std::future::pending().await,
                 }
             } => {
-                match abortable(ws, conn, sink.send(Message::Ping(bytes::Bytes::new()))).await {
+                match Box::pin(abortable(ws, conn, sink.send(Message::Ping(bytes::Bytes::new())))).await {
                     None => break,
                     Some(Ok(())) => continue,
                     Some(Err(error)) => {
@@ -315,13 +328,56 @@ async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket
         }
         conn.take(&mut batch);
         if batch.is_empty() {
+            if conn.take_flush_request() {
+                let flushed = Box::pin(abortable(
+                    ws,
+                    conn,
+                    tokio::time::timeout(config.stall_timeout, sink.flush()),
+                ))
+                .await;
+                match flushed {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Err(_)) => {
+                        if conn.close(DisconnectReason::SlowConsumer) {
+                            ws.count_slow_consumer(
+                                conn,
+                                "its pongs not read within the stall timeout",
+                            );
+                        }
+                        break;
+                    }
+                    Some(Ok(Err(error))) => {
+                        conn.close(DisconnectReason::ConnectionLost(error.to_string()));
+                        return;
+                    }
+                }
+            }
             continue;
         }
-        let (messages, bytes) = (batch.len(), batch.iter().map(Frame::len).sum::<usize>());
-        match abortable(ws, conn, send_batch(&mut sink, &mut batch)).await {
+        let messages = batch.len();
+        let bytes = batch
+            .iter()
+            .map(|f| f.len() + crate::client::FRAME_OVERHEAD)
+            .sum::<usize>();
+        // Boxed, like every rare or large step: the connection's future lives as long as the
+        // connection, so what only a write needs is allocated while it runs.
+        let sent = Box::pin(abortable(
+            ws,
+            conn,
+            send_batch(&mut sink, &mut batch, config.stall_timeout),
+        ))
+        .await;
+        match sent {
             None => break,
             Some(Ok(())) => conn.release(messages, bytes),
-            Some(Err(error)) => {
+            Some(Err(WriteError::Stalled)) => {
+                if conn.close(DisconnectReason::SlowConsumer) {
+                    ws.count_slow_consumer(conn, "no write progress within the stall timeout");
+                }
+                break;
+            }
+            Some(Err(WriteError::Failed(error))) => {
                 conn.close(DisconnectReason::ConnectionLost(error.to_string()));
                 return;
             }
@@ -341,7 +397,11 @@ async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket
                 if reason.drains() {
                     batch.clear();
                     conn.take(&mut batch);
-                    send_batch(&mut sink, &mut batch).await?;
+                    if let Err(WriteError::Failed(error)) =
+                        send_batch(&mut sink, &mut batch, config.close_timeout).await
+                    {
+                        return Err(error);
+                    }
                 }
                 let code = reason.close_code().unwrap_or(1000);
                 sink.send(Message::Close(Some(CloseFrame {
@@ -418,13 +478,34 @@ async fn on_text(shared: &Arc<Serving>, ws: &WebSocket, conn: &Arc<Conn>, text: 
                     data: Arc::new(data),
                     resources: shared.resources.clone(),
                 };
-                run_route(ws, conn, &route, cx).await;
+                // Beside the reader, within the client's bound: the reader waits only when every
+                // place is taken.
+                let slot = tokio::select! {
+                    slot = conn.route_slots.acquire() => slot,
+                    () = conn.closing.cancelled() => return,
+                };
+                let Ok(slot) = slot else { return };
+                slot.forget();
+                let (ws, conn) = (ws.clone(), conn.clone());
+                inner.tracker.spawn(async move {
+                    run_route(&ws, &conn, &route, cx).await;
+                    conn.route_slots.add_permits(1);
+                });
             }
             None => {
                 tracing::debug!(client_id = %conn.client.id, route = %format_args!("{kind}:{action}"), "unknown client route");
                 ws.send_error_to(conn, &format!("Unknown route: {kind}:{action}"));
             }
         },
+    }
+}
+
+/// Waits until every route handler of the client is done, or the shutdown deadline passes.
+async fn routes_done(ws: &WebSocket, conn: &Conn) {
+    let all = u32::try_from(ws.inner.config.max_concurrent_routes).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = conn.route_slots.acquire_many(all) => {}
+        () = ws.inner.force.cancelled() => {}
     }
 }
 
@@ -496,7 +577,7 @@ async fn join_room(ws: &WebSocket, conn: &Conn, data: &Value) {
         return;
     };
     let user = room_user(&conn.client, Some(data));
-    match ws.join_with(id, room, user.clone()).await {
+    match ws.join_with(id, room, user.clone()) {
         Ok(_) => {
             let mut reply_data = json!({
                 "roomName": room,

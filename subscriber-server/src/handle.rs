@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     /// Every connection task.
     pub(crate) tracker: TaskTracker,
     pub(crate) servers: Mutex<Vec<JoinHandle<()>>>,
+    /// Presence announcements, published in order by their own task.
+    pub(crate) announcer: crate::announce::Announcer,
 }
 
 /// The WebSocket server handle: this worker's clients, the cluster's clients and rooms, and every
@@ -126,6 +128,7 @@ impl WebSocket {
                 force: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 servers: Mutex::new(Vec::new()),
+                announcer: crate::announce::Announcer::new(),
             }),
         }
     }
@@ -164,6 +167,7 @@ impl WebSocket {
         QueueLimits {
             messages: self.inner.config.max_queued_messages,
             bytes: self.inner.config.max_queued_bytes,
+            routes: self.inner.config.max_concurrent_routes,
         }
     }
 
@@ -243,15 +247,9 @@ impl WebSocket {
         self.client(id).map(|c| c.rooms).unwrap_or_default()
     }
 
-    pub(crate) async fn publish_quietly(&self, channel: &str, message: &Value) {
-        if let Err(error) = self.inner.publisher.publish(channel, message).await {
-            tracing::warn!(
-                channel,
-                worker_id = %self.inner.worker_id,
-                %error,
-                "could not tell the other workers; their view of the cluster may be stale"
-            );
-        }
+    /// Tells the other workers, without waiting (see `announce.rs`).
+    pub(crate) fn announce(&self, channel: &'static str, message: Value) {
+        self.inner.announcer.announce(channel, message);
     }
 
     /// Registers a new connection of this worker.
@@ -282,6 +280,7 @@ impl WebSocket {
         let limits = QueueLimits {
             messages: capacity.max(1),
             bytes: usize::MAX,
+            routes: 1,
         };
         let conn = Arc::new(Conn::new(client, self.now_ms(), limits));
         let id = conn.client.id.clone();

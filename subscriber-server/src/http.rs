@@ -8,10 +8,22 @@ use axum::extract::{Query, State as AxumState, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use axum::Router;
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subscriber_runtime::RateLimit;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tower::Service as _;
 
 use subscriber_runtime::Resources;
 
@@ -46,26 +58,27 @@ pub(crate) fn router(websocket: WebSocket, resources: Arc<Resources>) -> Router 
 
 /// Serves `router` on `listener` in the background until the server stops accepting; returns the
 /// local address.
+///
+/// Its own accept loop, rather than `axum::serve`: a connection must send its HTTP request within
+/// the header-read timeout, at most `max_pending_handshakes` accepted connections may be waiting to
+/// do so (past it the loop stops accepting until one finishes), and an accept error (such as
+/// `EMFILE`, out of file descriptors) backs off instead of spinning.
 pub(crate) fn listen(
     websocket: &WebSocket,
     router: Router,
     listener: TcpListener,
 ) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
-    let stop = websocket.inner.accept_stop.clone();
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve =
-        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
-    let worker_id = websocket.worker_id().to_owned();
-    let task = tokio::spawn(async move {
-        if let Err(error) = serve.await {
-            tracing::error!(%error, worker_id, "WebSocket listener failed");
-        }
-    });
+    let config = &websocket.inner.config;
+    let accept = Accept {
+        listener,
+        router,
+        stop: websocket.inner.accept_stop.clone(),
+        header_read_timeout: config.header_read_timeout,
+        pending: Arc::new(Semaphore::new(config.max_pending_handshakes)),
+        worker_id: websocket.inner.worker_id.clone(),
+    };
+    let task = tokio::spawn(accept.run());
     websocket
         .inner
         .servers
@@ -77,6 +90,112 @@ pub(crate) fn listen(
         tracing::info!(worker_id = %websocket.worker_id(), %addr, "Prometheus metrics at http://{addr}{path}");
     }
     Ok(addr)
+}
+
+/// The accept loop of one listener.
+struct Accept {
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    header_read_timeout: Duration,
+    pending: Arc<Semaphore>,
+    worker_id: Arc<str>,
+}
+
+impl Accept {
+    async fn run(self) {
+        let warning = RateLimit::new(Duration::from_secs(10));
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        loop {
+            // A place for one more connection still in its handshake, first: past the bound the
+            // kernel's backlog holds the others.
+            let permit = tokio::select! {
+                permit = self.pending.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                () = self.stop.cancelled() => return,
+            };
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = self.stop.cancelled() => return,
+            };
+            let tcp = match accepted {
+                Ok((tcp, _)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    tcp
+                }
+                Err(error) => {
+                    if let Some(suppressed) = warning.allow() {
+                        tracing::warn!(
+                            worker_id = %self.worker_id,
+                            %error,
+                            suppressed,
+                            retry_in = ?backoff,
+                            "cannot accept a connection (out of file descriptors? raise `ulimit -n`); backing off"
+                        );
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            };
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+            tokio::spawn(serve_connection(
+                tcp,
+                self.router.clone(),
+                permit,
+                self.header_read_timeout,
+                self.stop.clone(),
+            ));
+        }
+    }
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Serves one HTTP/1 connection: its handshake place is given back once its request has arrived.
+async fn serve_connection(
+    tcp: TcpStream,
+    router: Router,
+    permit: OwnedSemaphorePermit,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let permit = Arc::new(Mutex::new(Some(permit)));
+    let service = service_fn(move |request: Request<Incoming>| {
+        drop(
+            permit
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        let mut router = router.clone();
+        async move { router.call(request.map(Body::new)).await }
+    });
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connection = http
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
 }
 
 async fn upgrade(
@@ -101,6 +220,13 @@ async fn upgrade(
     upgrade
         .read_buffer_size(config.read_buffer_size)
         .write_buffer_size(config.write_buffer_size)
+        // Bounds what tungstenite holds on its side: a client that sends pings and never reads
+        // fills it with pongs, and is then cut instead of growing the server.
+        .max_write_buffer_size(
+            config
+                .write_buffer_size
+                .saturating_add(config.max_queued_bytes.max(config.max_message_size)),
+        )
         .max_message_size(config.max_message_size)
         .max_frame_size(config.max_message_size)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))

@@ -21,6 +21,7 @@
 
 use subscriber_runtime::{FromContext, HandlerContext, MissingState, Requirements, Resources};
 
+mod announce;
 mod auth;
 mod client;
 mod config;

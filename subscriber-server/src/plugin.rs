@@ -36,6 +36,8 @@ pub struct WebSocketServer {
     pub(crate) hooks: Hooks,
     pub(crate) prometheus: Option<String>,
     handle: Option<WebSocket>,
+    /// The presence announcer's task, and what tells it to finish.
+    announcer: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
 
 impl fmt::Debug for WebSocketServer {
@@ -112,6 +114,14 @@ impl Plugin for WebSocketServer {
     fn start(&mut self, _resources: &Arc<Resources>, stop: CancellationToken) {
         if let Some(ws) = &self.handle {
             ws.inner.metrics.spawn_upkeep(stop);
+            let finish = CancellationToken::new();
+            if let Some(task) = ws
+                .inner
+                .announcer
+                .start(ws.inner.publisher.clone(), finish.clone())
+            {
+                self.announcer = Some((task, finish));
+            }
         }
     }
 
@@ -126,12 +136,21 @@ impl Plugin for WebSocketServer {
             if let Some(ws) = &self.handle {
                 ws.close_all(deadline).await;
             }
+            // The disconnections of the shutdown are announced too (within a second past the
+            // deadline when the broker is slow).
+            if let Some((task, finish)) = self.announcer.take() {
+                let until = deadline.max(Instant::now()) + std::time::Duration::from_secs(1);
+                crate::announce::drain(task, &finish, until).await;
+            }
         })
     }
 
     fn abort(&mut self) {
         if let Some(ws) = &self.handle {
             ws.abort();
+        }
+        if let Some((task, _)) = self.announcer.take() {
+            task.abort();
         }
     }
 }

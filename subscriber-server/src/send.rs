@@ -23,18 +23,24 @@ impl WebSocket {
             Pushed::Queued => true,
             Pushed::Closed => false,
             Pushed::Slow => {
-                Counters::inc(&self.inner.counters.slow_consumer_disconnects);
-                self.inner.counters.metrics.slow_consumers.increment(1);
-                tracing::warn!(
-                    client_id = %conn.client.id,
-                    worker_id = %self.inner.worker_id,
-                    max_messages = self.inner.config.max_queued_messages,
-                    max_bytes = self.inner.config.max_queued_bytes,
-                    "slow consumer: send queue full, disconnecting the client (1013)"
-                );
+                self.count_slow_consumer(conn, "over its send budget");
                 false
             }
         }
+    }
+
+    /// Counts and logs (once: a client closes once) a client cut as a slow consumer.
+    pub(crate) fn count_slow_consumer(&self, conn: &Conn, why: &'static str) {
+        Counters::inc(&self.inner.counters.slow_consumer_disconnects);
+        self.inner.counters.metrics.slow_consumers.increment(1);
+        tracing::warn!(
+            client_id = %conn.client.id,
+            worker_id = %self.inner.worker_id,
+            max_bytes = self.inner.config.max_queued_bytes,
+            stall_timeout = ?self.inner.config.stall_timeout,
+            why,
+            "slow consumer: disconnecting the client (1013)"
+        );
     }
 
     /// Sends a frame to every client of this worker; returns how many got it.
@@ -260,6 +266,9 @@ impl WebSocket {
     /// (`clientJoinedRoom`). Under [`RoomPolicy::Single`] the client first leaves its other rooms
     /// (`clientLeftRoom` for each). Returns false when it was already in the room.
     ///
+    /// The other workers are told in the background (never waiting for the broker, so a join is
+    /// as quick with Redis down), in the order this worker's clients joined and left.
+    ///
     /// # Errors
     /// [`RoomError`] for an empty room name or a client not connected here. A failure to tell the
     /// other workers is logged, not returned: the join happened.
@@ -272,10 +281,10 @@ impl WebSocket {
                 .ok_or_else(|| RoomError::NotLocal(client.clone()))?;
             room_user(&conn.client, None)
         };
-        self.join_with(client, room, user).await
+        self.join_with(client, room, user)
     }
 
-    pub(crate) async fn join_with(
+    pub(crate) fn join_with(
         &self,
         client: &ClientId,
         room: &str,
@@ -295,19 +304,17 @@ impl WebSocket {
         };
         for old in &change.left {
             tracing::debug!(client_id = %client, room = %old, "client left room (single-room policy)");
-            self.publish_quietly(
+            self.announce(
                 event::CLIENT_LEFT_ROOM,
-                &json!({"clientId": client, "room": &**old}),
-            )
-            .await;
+                json!({"clientId": client, "room": &**old}),
+            );
         }
         if change.joined {
             tracing::debug!(client_id = %client, room, worker_id = %self.inner.worker_id, "client joined room");
-            self.publish_quietly(
+            self.announce(
                 event::CLIENT_JOINED_ROOM,
-                &json!({"clientId": client, "user": user, "roomName": room}),
-            )
-            .await;
+                json!({"clientId": client, "user": user, "roomName": room}),
+            );
         }
         Ok(change.joined)
     }
@@ -331,11 +338,10 @@ impl WebSocket {
         };
         if left {
             tracing::debug!(client_id = %client, room, worker_id = %self.inner.worker_id, "client left room");
-            self.publish_quietly(
+            self.announce(
                 event::CLIENT_LEFT_ROOM,
-                &json!({"clientId": client, "room": room}),
-            )
-            .await;
+                json!({"clientId": client, "room": room}),
+            );
         }
         Ok(left)
     }

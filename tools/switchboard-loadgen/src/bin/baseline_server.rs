@@ -4,14 +4,17 @@
 //! framework at all, so that the benchmark can tell what the framework costs:
 //!
 //! * environment: `REDIS_URL` (default `redis://127.0.0.1:6379/`), `WS_PORT` (default 8080,
-//!   `0` picks a free port), optional `WS_QUEUE` (frames queued per client, default 1024, the
-//!   framework's default), `WS_READ_BUF` / `WS_WRITE_BUF` (tungstenite buffer sizes) and
+//!   `0` picks a free port), optional `WS_QUEUE` (frames queued per client, default 256),
+//!   `WS_ROOM_WAIT_MS` (how long a broadcast waits for room in a full queue before it cuts that
+//!   client, default 1000), `WS_READ_BUF` / `WS_WRITE_BUF` (tungstenite buffer sizes) and
 //!   `WORKER_THREADS` (tokio workers, default: one per core);
 //! * WebSocket endpoint `ws://127.0.0.1:$WS_PORT/ws` (any other path gets a 404);
 //! * every message published on the Redis channel `bench:fanout` is wrapped ONCE into the text
 //!   frame `{"type":"bench","action":"tick","data":<payload verbatim>}` and the same
 //!   reference-counted buffer is queued to every client through one bounded `mpsc` channel per
-//!   client; a client whose queue is full is disconnected (slow consumer);
+//!   client; when a client's queue is full, the broadcast waits a bounded time for room (all full
+//!   clients share one deadline) and only then disconnects it (slow consumer);
+//! * each connection writes everything queued for it, then flushes once;
 //! * prints a line containing `READY` once the listener is bound and the subscription is
 //!   active, and stops cleanly on SIGTERM / SIGINT.
 //!
@@ -40,8 +43,6 @@ const CHANNEL: &str = "bench:fanout";
 const FRAME_PREFIX: &str = r#"{"type":"bench","action":"tick","data":"#;
 /// Everything of the frame after the payload.
 const FRAME_SUFFIX: &str = "}";
-/// Most frames written to one socket before a flush.
-const WRITE_BATCH: usize = 64;
 /// How long a client may take for its opening handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pending connections the kernel may queue for `accept`.
@@ -55,6 +56,7 @@ struct Settings {
     redis_url: String,
     port: u16,
     queue: usize,
+    room_wait: Duration,
     read_buf: usize,
     write_buf: usize,
     workers: Option<usize>,
@@ -66,7 +68,8 @@ impl Settings {
             redis_url: std::env::var("REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned()),
             port: env_num("WS_PORT", 8080)?,
-            queue: env_num("WS_QUEUE", 1024)?.max(1),
+            queue: env_num("WS_QUEUE", 256)?.max(1),
+            room_wait: Duration::from_millis(env_num("WS_ROOM_WAIT_MS", 1000)?),
             read_buf: env_num("WS_READ_BUF", 2 * 1024)?.max(256),
             write_buf: env_num("WS_WRITE_BUF", 8 * 1024)?,
             workers: std::env::var("WORKER_THREADS")
@@ -126,26 +129,38 @@ impl Hub {
         self.clients.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `frame` to every client; drops (and so disconnects) those whose queue is full.
-    fn broadcast(&self, frame: &Utf8Bytes) {
+    /// Queues `frame` to every client. A client whose queue is full gets a bounded wait for room
+    /// (every full client shares one deadline, `room_wait` from now); one still full then is
+    /// dropped (and so disconnected).
+    async fn broadcast(&self, frame: &Utf8Bytes, room_wait: Duration) {
         let mut queued = 0_u64;
-        let mut slow = 0_u64;
+        let mut full: Vec<(u64, mpsc::Sender<Utf8Bytes>)> = Vec::new();
         self.lock()
-            .retain(|_, tx| match tx.try_send(frame.clone()) {
+            .retain(|id, tx| match tx.try_send(frame.clone()) {
                 Ok(()) => {
                     queued += 1;
                     true
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    slow += 1;
-                    false
+                    full.push((*id, tx.clone()));
+                    true
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
-        self.queued.fetch_add(queued, Ordering::Relaxed);
-        if slow > 0 {
-            self.dropped_slow.fetch_add(slow, Ordering::Relaxed);
+        if !full.is_empty() {
+            let deadline = tokio::time::Instant::now() + room_wait;
+            for (id, tx) in full {
+                match tokio::time::timeout_at(deadline, tx.send(frame.clone())).await {
+                    Ok(Ok(())) => queued += 1,
+                    Ok(Err(_)) => {}
+                    Err(_) => {
+                        self.unregister(id);
+                        self.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
         }
+        self.queued.fetch_add(queued, Ordering::Relaxed);
     }
 }
 
@@ -204,6 +219,7 @@ async fn run(settings: Settings) -> Result<()> {
     });
 
     let broadcast_hub = Arc::clone(&hub);
+    let room_wait = settings.room_wait;
     let broadcaster = async move {
         let mut frame = String::new();
         while let Some(msg) = messages.next().await {
@@ -217,7 +233,7 @@ async fn run(settings: Settings) -> Result<()> {
             frame.push_str(FRAME_SUFFIX);
             // One allocation per message, shared by every client.
             let shared = Utf8Bytes::from(std::mem::take(&mut frame));
-            broadcast_hub.broadcast(&shared);
+            broadcast_hub.broadcast(&shared, room_wait).await;
         }
     };
 
@@ -305,12 +321,9 @@ async fn serve(stream: TcpStream, hub: &Hub, config: WebSocketConfig, queue: usi
                         return Ok(());
                     };
                     ws.feed(Message::Text(frame)).await?;
-                    // Write whatever else is already queued in the same syscall(s).
-                    for _ in 1..WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(frame) => ws.feed(Message::Text(frame)).await?,
-                            Err(_) => break,
-                        }
+                    // Everything else already queued, then one flush.
+                    while let Ok(frame) = rx.try_recv() {
+                        ws.feed(Message::Text(frame)).await?;
                     }
                     ws.flush().await?;
                 }

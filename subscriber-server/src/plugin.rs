@@ -27,8 +27,11 @@ use crate::{mirror, WebSocket};
 pub(crate) const NAME: &str = "websocket";
 
 /// The WebSocket server as a plugin: what the builder's server methods
-/// ([`ServerBuilderExt`](crate::ServerBuilderExt)) configure. See the [module](self)
-/// documentation.
+/// ([`ServerBuilderExt`](crate::ServerBuilderExt)) configure. At `build()` it provides the
+/// [`WebSocket`] handle as state, checks the client routes, installs the Prometheus recorder when
+/// asked, and adds the cluster mirror as an internal subscriber; it stops accepting when shutdown
+/// begins and closes every socket (1001) at the end. Linking this crate adds it to every
+/// application; leave it out with `.without_plugin::<WebSocketServer>()`.
 #[derive(Default)]
 pub struct WebSocketServer {
     pub(crate) config: WebSocketConfig,

@@ -179,7 +179,7 @@ impl WebSocket {
         self.deliver(conn, &error_frame(error))
     }
 
-    /// Publishes `message` (a JSON object, usually an [`Outgoing`]) on `sendMessageToAll`: every
+    /// Publishes `message` (a JSON object, usually an [`Outgoing`](crate::Outgoing)) on `sendMessageToAll`: every
     /// worker of the cluster, this one included, sends it to all of its clients (the bytes as
     /// published, without `workerId`/`includeSender`). Like every cluster send, it relies on the
     /// framework channels being subscribed (the default).
@@ -188,7 +188,7 @@ impl WebSocket {
     /// moment does not deliver it.
     ///
     /// # Errors
-    /// What [`Publisher::publish`] returns (e.g. the message is not a JSON object).
+    /// What [`Publisher::publish`](subscriber_runtime::Publisher::publish) returns (e.g. the message is not a JSON object).
     pub async fn send_message_to_all(&self, message: impl Serialize) -> Result<(), PublishError> {
         self.inner
             .publisher
@@ -263,7 +263,7 @@ impl WebSocket {
     }
 
     /// Adds a client of this worker to a room, and tells the other workers
-    /// (`clientJoinedRoom`). Under [`RoomPolicy::Single`] the client first leaves its other rooms
+    /// (`clientJoinedRoom`). Under [`RoomPolicy::Single`](crate::RoomPolicy::Single) the client first leaves its other rooms
     /// (`clientLeftRoom` for each). Returns false when it was already in the room.
     ///
     /// The other workers are told in the background (never waiting for the broker, so a join is

@@ -509,8 +509,24 @@ mod tests {
         c.push(&big);
         let mut batch = VecDeque::new();
         c.take(&mut batch);
-        c.release(1, 40);
+        // The writer releases what it counted: the bytes and the overhead of each frame.
+        c.release(1, 40 + FRAME_OVERHEAD);
         assert_eq!(c.push(&Frame::text("z")), Pushed::Queued);
+    }
+
+    #[test]
+    fn the_budget_counts_each_frame_with_its_overhead() {
+        let budget = 4 * (10 + FRAME_OVERHEAD);
+        let c = conn(usize::MAX, budget);
+        let frame = Frame::text("x".repeat(10));
+        for _ in 0..4 {
+            assert_eq!(c.push(&frame), Pushed::Queued);
+        }
+        assert_eq!(
+            c.push(&frame),
+            Pushed::Slow,
+            "the fifth frame is over the budget"
+        );
     }
 
     #[test]

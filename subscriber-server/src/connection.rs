@@ -263,11 +263,14 @@ async fn must_abandon(ws: &WebSocket, conn: &Conn) {
 }
 
 /// Runs `f` unless it must be abandoned first (`None`).
+///
+/// `f` is polled first: a write that completes at once (the common case) never registers with
+/// the cancellation tokens, one of which (`force`) every connection shares.
 async fn abortable<T>(ws: &WebSocket, conn: &Conn, f: impl Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
-        () = must_abandon(ws, conn) => None,
         out = f => Some(out),
+        () = must_abandon(ws, conn) => None,
     }
 }
 
@@ -292,9 +295,23 @@ async fn send_batch(
         Ok(Ok(())) => Ok(()),
     };
     while let Some(frame) = batch.pop_front() {
-        step(tokio::time::timeout(stall, sink.feed(Message::Text(frame.0))).await)?;
+        step(within(stall, sink.feed(Message::Text(frame.0))).await)?;
     }
-    step(tokio::time::timeout(stall, sink.flush()).await)
+    step(within(stall, sink.flush()).await)
+}
+
+/// `tokio::time::timeout`, without making a timer for a step that completes at once (most
+/// writes: the socket takes the bytes).
+async fn within<F: Future>(
+    limit: Duration,
+    step: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut step = std::pin::pin!(step);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(step.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(out) => Ok(out),
+        std::task::Poll::Pending => tokio::time::timeout(limit, step).await,
+    }
 }
 
 async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket, Message>) {
@@ -306,17 +323,20 @@ async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket
     });
     let mut batch: VecDeque<Frame> = VecDeque::new();
     loop {
+        // Frames first: when the writer was woken for them, the close token is not even polled
+        // (polling it registers with it), and a close comes out on the next turn.
         tokio::select! {
             biased;
-            () = conn.closing.cancelled() => break,
             () = conn.queued() => {}
+            () = conn.closing.cancelled() => break,
             _ = async {
                 match ping.as_mut() {
                     Some(p) => p.tick().await,
                     None => std::future::pending().await,
                 }
             } => {
-                match Box::pin(abortable(ws, conn, sink.send(Message::Ping(bytes::Bytes::new())))).await {
+                let ping = sink.send(Message::Ping(bytes::Bytes::new()));
+                match Box::pin(abortable(ws, conn, ping)).await {
                     None => break,
                     Some(Ok(())) => continue,
                     Some(Err(error)) => {
@@ -332,7 +352,7 @@ async fn write_loop(ws: &WebSocket, conn: &Arc<Conn>, mut sink: SplitSink<Socket
                 let flushed = Box::pin(abortable(
                     ws,
                     conn,
-                    tokio::time::timeout(config.stall_timeout, sink.flush()),
+                    within(config.stall_timeout, sink.flush()),
                 ))
                 .await;
                 match flushed {

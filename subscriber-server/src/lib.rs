@@ -39,6 +39,7 @@ mod rooms;
 mod routes;
 mod send;
 mod stats;
+mod writer;
 
 pub use client::{Client, DisconnectReason, Empty, LocalReceiver, User, UserId};
 pub use config::{InvalidSecret, JwtSecret, RoomPolicy, WebSocketConfig};

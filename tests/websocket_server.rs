@@ -909,3 +909,25 @@ async fn linked_routes_are_collected_unless_left_out() {
         "Unknown route: linked:ping"
     );
 }
+
+/// A port already taken: `serve` fails with an error that names the address.
+#[tokio::test]
+async fn a_bind_error_names_the_address() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let app = base().build().unwrap();
+    let error = app
+        .serve_with_shutdown(addr, async {})
+        .await
+        .expect_err("the port is taken");
+    let switchboard::Error::Io(error) = error else {
+        panic!("expected an I/O error, got {error}");
+    };
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("cannot listen on {addr}")),
+        "{error}"
+    );
+}

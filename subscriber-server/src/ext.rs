@@ -243,7 +243,14 @@ impl ServerAppExt for Switchboard {
         addr: impl ToSocketAddrs + Send,
         signal: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
-        let listener = TcpListener::bind(addr).await?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        let listener = TcpListener::bind(&addrs[..]).await.map_err(|error| {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            std::io::Error::new(
+                error.kind(),
+                format!("cannot listen on {}: {error}", list.join(", ")),
+            )
+        })?;
         self.serve_listener(listener, signal).await
     }
 

@@ -182,14 +182,7 @@ impl Context {
         delivery
             .raw_stripped
             .get_or_init(|| {
-                crate::message::envelope::without_envelope_prefix(&delivery.raw).unwrap_or_else(
-                    || {
-                        Bytes::from(
-                            serde_json::to_vec(&delivery.message)
-                                .expect("serializing a serde_json::Value cannot fail"),
-                        )
-                    },
-                )
+                crate::message::envelope::stripped_payload(&delivery.raw, &delivery.message)
             })
             .clone()
     }

@@ -89,6 +89,40 @@ impl Deref for Channel {
     }
 }
 
+impl Channel {
+    /// The channel's name.
+    ///
+    /// ```
+    /// use switchboard::Channel;
+    ///
+    /// let channel = Channel("orders:created".into());
+    /// assert_eq!(channel.as_str(), "orders:created");
+    /// assert!(channel == "orders:created");
+    /// assert!(channel.starts_with("orders:"));
+    /// ```
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for Channel {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Channel {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl AsRef<str> for Channel {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

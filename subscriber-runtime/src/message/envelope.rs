@@ -194,6 +194,17 @@ pub(crate) fn wrap(json: &[u8], worker_id: &str, include_sender: bool) -> Option
     Some(out)
 }
 
+/// The payload without its envelope fields, given the parsed message (which never has them): the
+/// publisher's own bytes when the fields come first as [`wrap`] writes them (so its key order and
+/// formatting reach browsers unchanged), else the parsed message serialized again.
+pub(crate) fn stripped_payload(raw: &[u8], message: &Value) -> bytes::Bytes {
+    without_envelope_prefix(raw).unwrap_or_else(|| {
+        bytes::Bytes::from(
+            serde_json::to_vec(message).expect("serializing a serde_json::Value cannot fail"),
+        )
+    })
+}
+
 /// The payload without the envelope fields that [`wrap`] puts first
 /// (`{"workerId":"…",["includeSender":true|false,]…}`), keeping the publisher's bytes and key
 /// order. `None` when the payload does not start that way, or when an envelope key appears again
@@ -234,6 +245,81 @@ pub(crate) fn without_envelope_prefix(raw: &[u8]) -> Option<bytes::Bytes> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Random objects (envelope keys anywhere, duplicated, nested, with whitespace, as key
+    /// prefixes and in string values): what handlers and browsers get has no envelope field at
+    /// the top level and means exactly the parsed message.
+    #[test]
+    fn stripping_holds_whatever_the_key_order_duplicates_and_whitespace() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let keys = [
+            "workerId",
+            "includeSender",
+            "type",
+            "action",
+            "data",
+            "workerIdX",
+            "x",
+        ];
+        let values = [
+            r#""w1""#,
+            "true",
+            "false",
+            "1",
+            r#"{"workerId":"nested","includeSender":true}"#,
+            r#""contains \"workerId\" text""#,
+            "[1,2]",
+            "null",
+        ];
+        let limits = PayloadLimits::default();
+        let mut fast = 0;
+        for _ in 0..5_000 {
+            let space = |next: &mut dyn FnMut(u64) -> u64| if next(4) == 0 { " " } else { "" };
+            // A third in the publisher's own layout (the fast path), the others anything.
+            let mut raw = String::from("{");
+            let mut first = true;
+            if next(3) == 0 {
+                raw.push_str(r#""workerId":"w\"1""#);
+                if next(2) == 0 {
+                    raw.push_str(r#","includeSender":true"#);
+                }
+                first = false;
+            }
+            let fields = next(6);
+            for _ in 0..fields {
+                if !first {
+                    raw.push(',');
+                }
+                first = false;
+                raw.push_str(space(&mut next));
+                raw.push_str(&format!("\"{}\"", keys[next(keys.len() as u64) as usize]));
+                raw.push_str(space(&mut next));
+                raw.push(':');
+                raw.push_str(space(&mut next));
+                raw.push_str(values[next(values.len() as u64) as usize]);
+            }
+            raw.push('}');
+            let parsed = parse(raw.as_bytes(), &limits).expect("valid JSON");
+            let out = stripped_payload(raw.as_bytes(), &parsed.message);
+            if without_envelope_prefix(raw.as_bytes()).is_some() {
+                fast += 1;
+            }
+            let again: Value = serde_json::from_slice(&out).expect("the output is JSON");
+            assert_eq!(again, parsed.message, "{raw} became {out:?}");
+            let map = again.as_object().expect("an object");
+            assert!(
+                !map.contains_key(WORKER_ID_FIELD) && !map.contains_key(INCLUDE_SENDER_FIELD),
+                "{raw} became {out:?}"
+            );
+        }
+        assert!(fast > 500, "the fast path was taken {fast} times");
+    }
 
     #[test]
     fn envelope_prefix_is_cut_without_reordering() {

@@ -931,3 +931,41 @@ async fn a_bind_error_names_the_address() {
         "{error}"
     );
 }
+
+/// Without the WebSocket server (`without_plugin`), a handler that takes `WebSocket` is refused
+/// at `build()` with an error that says what to do; without such a handler the application
+/// builds, subscribes to nothing for the server, and has no server handle.
+#[tokio::test]
+async fn without_the_server_a_websocket_handler_is_a_build_error() {
+    let error = base()
+        .without_plugin::<switchboard::WebSocketServer>()
+        .subscriber(
+            Subscriber::channels(["a"])
+                .name("needs_ws")
+                .handle(|_ws: WebSocket| {}),
+        )
+        .build()
+        .expect_err("no server, no WebSocket");
+    let switchboard::Error::Build(switchboard::BuildError::MissingProvided {
+        handler, fix, ..
+    }) = &error
+    else {
+        panic!("expected MissingProvided, got {error}");
+    };
+    assert_eq!(handler, "needs_ws");
+    assert!(fix.contains("without_plugin"), "{error}");
+
+    let running = base()
+        .without_plugin::<switchboard::WebSocketServer>()
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    assert!(running.plugin::<switchboard::WebSocketServer>().is_none());
+    assert!(running
+        .resources()
+        .state::<switchboard::WebSocket>()
+        .is_none());
+    running.shutdown().await;
+}

@@ -48,6 +48,18 @@ pub enum BuildError {
         /// The missing type.
         type_name: &'static str,
     },
+    /// A handler takes something a plugin provides, and the application has no such plugin.
+    #[error(
+        "handler `{handler}` takes `{type_name}`, which the application does not provide: {fix}"
+    )]
+    MissingProvided {
+        /// The handler's name.
+        handler: String,
+        /// The missing type.
+        type_name: &'static str,
+        /// What to do.
+        fix: &'static str,
+    },
     /// A matcher is malformed.
     #[error("subscriber handler `{handler}` has an invalid matcher {matcher}: {reason}")]
     InvalidMatcher {

@@ -3,8 +3,8 @@
 //! slow or unreachable broker never slows a connect, a room join or a disconnect.
 //!
 //! The queue is bounded: when the broker is away for long, announcements beyond the bound are
-//! dropped and counted (the other workers' view of the cluster is then stale, as it is when any
-//! publish fails).
+//! dropped with a warning (at most one per 10 s, saying how many were held back); the other
+//! workers' view of the cluster is then stale, as it is when any publish fails.
 
 use std::time::{Duration, Instant};
 

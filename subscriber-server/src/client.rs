@@ -289,6 +289,11 @@ impl fmt::Debug for Conn {
 /// (the frame's handle) and the writer's batch.
 pub(crate) const FRAME_OVERHEAD: usize = 64;
 
+/// What a frame counts against its client's send budget.
+pub(crate) fn budget_cost(frame: &Frame) -> usize {
+    frame.len() + FRAME_OVERHEAD
+}
+
 /// Queue limits of one client.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
@@ -321,7 +326,7 @@ impl Conn {
     /// Queues a frame without waiting. A client over its send budget is closed as a slow consumer.
     pub(crate) fn push(&self, frame: &Frame) -> Pushed {
         let limits = self.limits;
-        let len = frame.len() + FRAME_OVERHEAD;
+        let len = budget_cost(frame);
         let mut out = self.lock();
         if out.close.is_some() {
             return Pushed::Closed;
@@ -415,7 +420,7 @@ impl Conn {
         let mut out = self.lock();
         let frame = out.queue.pop_front()?;
         out.messages = out.messages.saturating_sub(1);
-        out.bytes = out.bytes.saturating_sub(frame.len() + FRAME_OVERHEAD);
+        out.bytes = out.bytes.saturating_sub(budget_cost(&frame));
         Some(frame)
     }
 }

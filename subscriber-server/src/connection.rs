@@ -119,8 +119,8 @@ async fn disconnected(shared: &Arc<Serving>, conn: &Conn) {
     }
 }
 
-/// Why a read failed: a message over the size limit, a write buffer over its bound (the pongs
-/// of a client that sends pings and never reads), or a lost connection.
+/// Why a read failed: a message over the size limit, a write buffer over its bound, or a lost
+/// connection.
 fn read_error_reason(error: axum::Error) -> DisconnectReason {
     let text = error.to_string();
     match error.into_inner().downcast::<tungstenite::Error>() {
@@ -181,7 +181,7 @@ async fn read_loop(
                             tracing::warn!(client_id = %conn.client.id, limit = config.max_message_size, "client sent a message over the size limit; closing (1009)");
                         }
                         if conn.close(reason) && slow {
-                            ws.count_slow_consumer(conn, "its write buffer (pongs included) over the send budget");
+                            ws.count_slow_consumer(conn, "its write buffer over its bound");
                         }
                         awaiting_close = false;
                         break;

@@ -79,7 +79,9 @@ impl<Cx: HandlerContext> FromContext<Cx> for WebSocket {
     }
 
     fn requirements(requirements: &mut Requirements) {
-        requirements.require_state::<WebSocket>();
+        requirements.require_provided::<WebSocket>(
+            "the WebSocket server was left out (`.without_plugin::<WebSocketServer>()`); keep it, or take `Publisher` to reach other workers",
+        );
     }
 }
 

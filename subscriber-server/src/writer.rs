@@ -153,10 +153,7 @@ pub(crate) async fn write_loop(
             continue;
         }
         let messages = batch.len();
-        let bytes = batch
-            .iter()
-            .map(|f| f.len() + crate::client::FRAME_OVERHEAD)
-            .sum::<usize>();
+        let bytes = batch.iter().map(crate::client::budget_cost).sum::<usize>();
         // Boxed, like every rare or large step: the connection's future lives as long as the
         // connection, so what only a write needs is allocated while it runs.
         let sent = Box::pin(abortable(

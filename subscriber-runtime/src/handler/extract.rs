@@ -295,6 +295,8 @@ impl<Cx: HandlerContext> FromContext<Cx> for Publisher {
 #[derive(Debug, Default, Clone)]
 pub struct Requirements {
     pub(crate) states: Vec<(TypeId, &'static str)>,
+    /// Types a plugin provides, each with what to do when it is missing.
+    pub(crate) provided: Vec<(TypeId, &'static str, &'static str)>,
 }
 
 impl Requirements {
@@ -312,7 +314,26 @@ impl Requirements {
                 });
             }
         }
+        for (id, type_name, fix) in &self.provided {
+            if !states.contains(*id) {
+                return Err(crate::error::BuildError::MissingProvided {
+                    handler: handler.to_owned(),
+                    type_name,
+                    fix,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Declares that the handler needs a `T` that a plugin provides (as the WebSocket server
+    /// provides `WebSocket`); `fix` says what to do when the application has none, for the error
+    /// of `build()`.
+    pub fn require_provided<T: 'static>(&mut self, fix: &'static str) {
+        let id = TypeId::of::<T>();
+        if !self.provided.iter().any(|(t, _, _)| *t == id) {
+            self.provided.push((id, std::any::type_name::<T>(), fix));
+        }
     }
 
     /// Declares that the handler needs state of type `T` (see [`State`](crate::handler::extract::State)).

@@ -203,10 +203,6 @@ async fn prometheus_endpoint_counts_messages_handlers_and_clients() {
             0.0,
         ),
         (
-            r#"switchboard_messages_skipped_total{reason="own_message"}"#,
-            1.0,
-        ),
-        (
             r#"switchboard_handler_runs_total{handler="orders_ok"}"#,
             2.0,
         ),
@@ -280,6 +276,18 @@ async fn prometheus_endpoint_counts_messages_handlers_and_clients() {
     for (series, value) in expected {
         assert_eq!(first.get(series), value, "{series}");
     }
+    // Skipped as its own: `clientConnected`, and this worker's presence feed messages (at least
+    // the client's connect; the table's first write and heartbeats too, depending on timing).
+    let own_feed =
+        first.get(r#"switchboard_messages_received_total{channel="switchboard.presence"}"#);
+    assert!(
+        own_feed >= 1.0,
+        "the connect is written to the presence feed"
+    );
+    assert_eq!(
+        first.get(r#"switchboard_messages_skipped_total{reason="own_message"}"#),
+        1.0 + own_feed
+    );
     // Every dispatched message is timed: 2 orders (the invalid one is not dispatched),
     // 2 analytics, 1 audit, 1 misc, and `clientConnected` is skipped before dispatch.
     assert_eq!(
@@ -316,7 +324,7 @@ async fn prometheus_endpoint_counts_messages_handlers_and_clients() {
     );
     assert_eq!(
         second.get(r#"switchboard_messages_skipped_total{reason="own_message"}"#),
-        2.0
+        2.0 + second.get(r#"switchboard_messages_received_total{channel="switchboard.presence"}"#)
     );
     // Any other path is still 404.
     assert_eq!(

@@ -8,10 +8,14 @@
 
 #[path = "support/binary.rs"]
 mod binary;
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use redis_server::RedisServer;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +26,6 @@ use switchboard::broker::RedisBroker;
 use switchboard::prelude::*;
 use switchboard::testing::MockRedis;
 use switchboard::{BrokerError, Builder, InlineSubscriber, PublishError, Running};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -846,75 +849,6 @@ async fn burst_beyond_queue_capacity_is_counted_as_dropped_without_stalling_the_
         recv(&mut rx, "the message after the burst").await.2,
         json!({ "n": "after" })
     );
-}
-
-/// A `redis-server` child process on a fixed port, killed on drop.
-struct RedisServer {
-    binary: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn find_binary() -> Option<PathBuf> {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("redis-server"))
-            .find(|candidate| candidate.is_file())
-    }
-
-    async fn start(binary: PathBuf, port: u16) -> Self {
-        let mut server = Self {
-            binary,
-            port,
-            child: None,
-        };
-        server.spawn().await;
-        server
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        // Ready when it answers PING.
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)).await {
-                let mut reply = [0u8; 7];
-                if stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.is_ok()
-                    && stream.read_exact(&mut reply).await.is_ok()
-                    && &reply == b"+PONG\r\n"
-                {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

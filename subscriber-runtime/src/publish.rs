@@ -48,6 +48,10 @@ impl Publisher {
         Self { broker, worker_id }
     }
 
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
     /// This worker's instance id, written into every message as `workerId`.
     pub fn worker_id(&self) -> &str {
         &self.worker_id

@@ -89,6 +89,8 @@ pub struct WebSocketConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) read_buffer_size: usize,
     pub(crate) write_buffer_size: usize,
+    pub(crate) presence_ttl: Duration,
+    pub(crate) max_connections_per_user: Option<usize>,
 }
 
 impl Default for WebSocketConfig {
@@ -110,6 +112,8 @@ impl Default for WebSocketConfig {
             close_timeout: Duration::from_secs(5),
             read_buffer_size: 1024,
             write_buffer_size: 64 * 1024,
+            presence_ttl: Duration::from_secs(10),
+            max_connections_per_user: None,
         }
     }
 }
@@ -245,6 +249,25 @@ impl WebSocketConfig {
     /// Bytes a connection gathers before writing to the socket within one batch (default 64 KiB).
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
         self.write_buffer_size = bytes;
+        self
+    }
+
+    /// How long a worker's clients stay listed by the other workers after its last heartbeat
+    /// (default 10 s, at least 1 s). A worker renews its presence every quarter of this; one that
+    /// crashes or loses Redis disappears from every other worker's view at most this long after
+    /// its last renewal.
+    pub fn presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl.max(Duration::from_secs(1));
+        self
+    }
+
+    /// At most this many connections per authenticated user, across the whole cluster (default:
+    /// no limit). A connection over the limit is refused before the upgrade with `429 Too Many
+    /// Requests`. The count is kept in the broker's presence store, so it is exact across workers;
+    /// while that store cannot be reached, each worker enforces the limit on its own clients only
+    /// (and logs it). Anonymous clients are not counted.
+    pub fn max_connections_per_user(mut self, limit: Option<usize>) -> Self {
+        self.max_connections_per_user = limit;
         self
     }
 }

@@ -35,12 +35,13 @@ use crate::WebSocket;
 pub(crate) fn run(
     shared: Arc<Serving>,
     socket: Socket,
+    id: ClientId,
     user: Option<crate::client::User>,
 ) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
     async move {
         let _task = shared.websocket.inner.tracker.token();
-        let conn = Box::pin(connected(&shared, user)).await;
+        let conn = Box::pin(connected(&shared, id, user)).await;
         let ws = &shared.websocket;
         let reader = std::pin::pin!(read_loop(&shared, ws, &conn, stream));
         let writer = std::pin::pin!(crate::writer::write_loop(ws, &conn, sink));
@@ -50,11 +51,15 @@ pub(crate) fn run(
 }
 
 /// Registers a new client, greets it and tells the cluster.
-async fn connected(shared: &Arc<Serving>, user: Option<crate::client::User>) -> Arc<Conn> {
+async fn connected(
+    shared: &Arc<Serving>,
+    id: ClientId,
+    user: Option<crate::client::User>,
+) -> Arc<Conn> {
     let ws = &shared.websocket;
     let inner = &ws.inner;
     let limits = ws.queue_limits();
-    let client = Client::new(ClientId::generate(), user.map(Arc::new));
+    let client = Client::new(id, user.map(Arc::new));
     let conn = Arc::new(Conn::new(client.clone(), ws.now_ms(), limits));
     let id = &client.id;
     ws.register(conn.clone());
@@ -102,6 +107,7 @@ async fn disconnected(shared: &Arc<Serving>, conn: &Conn) {
         .close_reason()
         .unwrap_or_else(|| DisconnectReason::ConnectionLost("closed".to_owned()));
     ws.unregister(id);
+    ws.release(id, conn.client.user.as_deref());
     Counters::inc(&inner.counters.clients_disconnected);
     inner.counters.metrics.disconnected(&reason);
     match &reason {
@@ -411,7 +417,7 @@ async fn join_room(ws: &WebSocket, conn: &Conn, data: &Value) {
         Ok(_) => {
             let mut reply_data = json!({
                 "roomName": room,
-                "userId": user["userId"],
+                "userId": user["id"],
                 "userType": user["userType"],
                 "username": user["username"],
                 "joinedAt": iso8601(SystemTime::now()),

@@ -44,10 +44,23 @@ pub(crate) struct Inner {
     pub(crate) servers: Mutex<Vec<JoinHandle<()>>>,
     /// Presence announcements, published in order by their own task.
     pub(crate) announcer: crate::announce::Announcer,
+    /// The cluster's presence: this worker's writes and the other workers' feed.
+    pub(crate) presence: crate::presence::Presence,
+    /// The channel other workers send to this worker's clients on.
+    pub(crate) direct_channel: String,
 }
 
 /// The WebSocket server handle: this worker's clients, the cluster's clients and rooms, and every
 /// way of sending to them. Cheap to clone; take it as a handler argument.
+///
+/// The cluster's clients, users and rooms ([`cluster_client_count`](Self::cluster_client_count),
+/// [`is_connected`](Self::is_connected), [`client`](Self::client), [`rooms`](Self::rooms),
+/// [`room_members`](Self::room_members), [`clients_of_user`](Self::clients_of_user)) are read
+/// from memory, without a round trip. **Consistency:** this worker's own changes are visible at
+/// once; another worker's are visible as soon as its presence feed message arrives (one broker
+/// hop); a worker that crashed or lost the broker is dropped at most
+/// [`presence_ttl`](crate::WebSocketConfig::presence_ttl) after its last heartbeat; after a broker
+/// outage, each worker's view is right again within about a second of the broker's return.
 ///
 /// Local sends (`broadcast_*`) reach the clients connected to this worker and return how many
 /// were sent to. Cluster sends ([`send_message_to_all`](Self::send_message_to_all),
@@ -97,6 +110,7 @@ impl WebSocket {
         publisher: Publisher,
         counters: Arc<Counters>,
         handler_timeout: Duration,
+        store: Option<Arc<dyn subscriber_runtime::broker::PresenceStore>>,
     ) -> Self {
         let verifier =
             auth::Verifier::new(setup.config.jwt_secret.as_ref(), setup.config.require_auth);
@@ -109,8 +123,10 @@ impl WebSocket {
         if !routes.keys().is_empty() {
             tracing::info!(worker_id = %worker_id, routes = ?routes.keys(), "client routes");
         }
+        let presence = crate::presence::Presence::new(store, setup.config.presence_ttl);
         Self {
             inner: Arc::new(Inner {
+                direct_channel: crate::presence::worker_channel(&worker_id),
                 worker_id,
                 publisher,
                 counters,
@@ -129,8 +145,20 @@ impl WebSocket {
                 tracker: TaskTracker::new(),
                 servers: Mutex::new(Vec::new()),
                 announcer: crate::announce::Announcer::new(),
+                presence,
             }),
         }
+    }
+
+    /// The current wall-clock time in milliseconds since the Unix epoch.
+    pub(crate) fn wall_now(&self) -> u64 {
+        u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -187,7 +215,7 @@ impl WebSocket {
         self.read().local.len()
     }
 
-    /// Number of clients this worker knows of in the whole cluster (its own included).
+    /// Number of clients connected to the whole cluster (this worker's included).
     pub fn cluster_client_count(&self) -> usize {
         self.read().clients.len()
     }
@@ -197,7 +225,7 @@ impl WebSocket {
         self.read().local.keys().cloned().collect()
     }
 
-    /// What this worker knows about a client of the cluster.
+    /// A client of the cluster: its worker, user, rooms, metadata.
     pub fn client(&self, id: &ClientId) -> Option<ClientInfo> {
         let state = self.read();
         let e = state.clients.get(id)?;
@@ -211,12 +239,14 @@ impl WebSocket {
             local: e.local.is_some(),
             last_activity: match &e.local {
                 Some(conn) => self.wall_ms(conn.last_activity()),
-                None => e.last_activity,
+                None => e.connected_at,
             },
+            connected_at: e.connected_at,
+            metadata: (*e.metadata).clone(),
         })
     }
 
-    /// Whether the client is connected to any worker of the cluster (as far as this worker knows).
+    /// Whether the client is connected to any worker of the cluster.
     pub fn is_connected(&self, id: &ClientId) -> bool {
         self.read().clients.contains_key(id)
     }
@@ -258,18 +288,58 @@ impl WebSocket {
         let entry = Entry {
             worker_id: self.inner.worker_id.clone(),
             user: conn.client.user.clone(),
-            last_activity: 0,
+            connected_at: self.wall_now(),
+            metadata: Arc::new(Value::Null),
             rooms: Vec::new(),
             local: Some(conn.clone()),
         };
-        let mut state = self.write();
-        state.clients.insert(id.clone(), entry);
-        state.local.insert(id, conn);
+        {
+            let mut state = self.write();
+            state.clients.insert(id.clone(), entry);
+            state.local.insert(id.clone(), conn);
+        }
+        self.inner.presence.touch(&id);
     }
 
     /// Forgets a connection of this worker (and its rooms).
     pub(crate) fn unregister(&self, id: &ClientId) -> bool {
-        self.write().remove(id).is_some()
+        let removed = self.write().remove(id).is_some();
+        self.inner.presence.touch(id);
+        removed
+    }
+
+    /// The clients of the cluster authenticated as `user` (ids compare as text).
+    pub fn clients_of_user(&self, user: impl fmt::Display) -> Vec<ClientId> {
+        let user = user.to_string();
+        self.read()
+            .clients
+            .iter()
+            .filter(|(_, e)| e.user.as_ref().is_some_and(|u| u.id().as_str() == user))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Attaches `metadata` to a client of this worker (replacing what was there); every worker
+    /// sees it in [`client`](Self::client) once this worker's presence change reaches it.
+    ///
+    /// # Errors
+    /// [`RoomError::NotLocal`](crate::RoomError::NotLocal) when the client is not connected here.
+    pub fn set_client_metadata(
+        &self,
+        client: &ClientId,
+        metadata: Value,
+    ) -> Result<(), crate::RoomError> {
+        {
+            let mut state = self.write();
+            let entry = state
+                .clients
+                .get_mut(client)
+                .filter(|e| e.local.is_some())
+                .ok_or_else(|| crate::RoomError::NotLocal(client.clone()))?;
+            entry.metadata = Arc::new(metadata);
+        }
+        self.inner.presence.touch(client);
+        Ok(())
     }
 
     /// Registers an in-process client (the test kit's) whose frames arrive on the returned
@@ -292,6 +362,7 @@ impl WebSocket {
     #[doc(hidden)]
     pub fn detach_local(&self, id: &ClientId) {
         let conn = self.write().remove(id).and_then(|e| e.local);
+        self.inner.presence.touch(id);
         if let Some(conn) = conn {
             conn.close(DisconnectReason::ClientClosed(None));
         }

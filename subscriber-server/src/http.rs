@@ -28,6 +28,7 @@ use tower::Service as _;
 use subscriber_runtime::Resources;
 
 use crate::connection;
+use crate::frame::ClientId;
 use crate::stats::Counters;
 use crate::WebSocket;
 
@@ -216,7 +217,31 @@ async fn upgrade(
             return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
         }
     };
+    let id = ClientId::generate();
+    if shared
+        .websocket
+        .admit(&id, user.as_ref().map(crate::client::User::id))
+        .await
+        .is_err()
+    {
+        Counters::inc(&inner.counters.user_limit_rejections);
+        inner.counters.metrics.user_limit_rejections.increment(1);
+        tracing::info!(
+            worker_id = %inner.worker_id,
+            user_id = user.as_ref().map(|u| tracing::field::display(u.id())),
+            limit = inner.config.max_connections_per_user,
+            "WebSocket connection refused (429): the user is at its connection limit"
+        );
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many connections for this user",
+        )
+            .into_response();
+    }
     let config = &inner.config;
+    let released = shared.clone();
+    let failed_user = user.clone();
+    let failed_id = id.clone();
     upgrade
         .read_buffer_size(config.read_buffer_size)
         .write_buffer_size(config.write_buffer_size)
@@ -229,8 +254,11 @@ async fn upgrade(
         )
         .max_message_size(config.max_message_size)
         .max_frame_size(config.max_message_size)
-        .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| connection::run(shared, socket, user))
+        .on_failed_upgrade(move |error| {
+            tracing::debug!(%error, "WebSocket upgrade failed");
+            released.websocket.release(&failed_id, failed_user.as_ref());
+        })
+        .on_upgrade(move |socket| connection::run(shared, socket, id, user))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

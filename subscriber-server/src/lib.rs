@@ -35,6 +35,7 @@ mod http;
 mod metrics;
 mod mirror;
 mod plugin;
+mod presence;
 mod rooms;
 mod routes;
 mod send;

@@ -13,6 +13,7 @@ pub(crate) const CLIENT_CONNECTIONS: &str = "switchboard_client_connections_tota
 pub(crate) const CLIENT_DISCONNECTIONS: &str = "switchboard_client_disconnections_total";
 pub(crate) const SLOW_CONSUMER_DISCONNECTS: &str = "switchboard_slow_consumer_disconnects_total";
 pub(crate) const AUTH_REJECTIONS: &str = "switchboard_auth_rejections_total";
+pub(crate) const USER_LIMIT_REJECTIONS: &str = "switchboard_user_limit_rejections_total";
 pub(crate) const CLIENT_MESSAGES: &str = "switchboard_client_messages_total";
 pub(crate) const CLIENT_ERRORS: &str = "switchboard_client_errors_total";
 
@@ -49,6 +50,7 @@ pub(crate) struct Metrics {
     disconnections: [Counter; DISCONNECT_REASONS.len()],
     pub(crate) slow_consumers: Counter,
     pub(crate) auth_rejections: Counter,
+    pub(crate) user_limit_rejections: Counter,
     pub(crate) client_messages: Counter,
     pub(crate) client_errors: Counter,
 }
@@ -61,6 +63,7 @@ impl Default for Metrics {
             disconnections: std::array::from_fn(|_| Counter::noop()),
             slow_consumers: Counter::noop(),
             auth_rejections: Counter::noop(),
+            user_limit_rejections: Counter::noop(),
             client_messages: Counter::noop(),
             client_errors: Counter::noop(),
         }
@@ -78,6 +81,7 @@ impl Metrics {
                 .map(|reason| metrics::counter!(CLIENT_DISCONNECTIONS, "reason" => reason)),
             slow_consumers: metrics::counter!(SLOW_CONSUMER_DISCONNECTS),
             auth_rejections: metrics::counter!(AUTH_REJECTIONS),
+            user_limit_rejections: metrics::counter!(USER_LIMIT_REJECTIONS),
             client_messages: metrics::counter!(CLIENT_MESSAGES),
             client_errors: metrics::counter!(CLIENT_ERRORS),
         }
@@ -112,6 +116,10 @@ fn describe() {
     describe_counter!(
         AUTH_REJECTIONS,
         "WebSocket connections refused with 401 (bad, expired or missing token)"
+    );
+    describe_counter!(
+        USER_LIMIT_REJECTIONS,
+        "WebSocket connections refused with 429 (the user was at its connection limit)"
     );
     describe_counter!(CLIENT_MESSAGES, "Messages received from WebSocket clients");
     describe_counter!(CLIENT_ERRORS, "Error frames sent to WebSocket clients");

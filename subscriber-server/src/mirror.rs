@@ -1,27 +1,27 @@
-//! The cluster mirror: an internal subscriber on the framework channels that keeps this worker's
-//! view of the other workers' clients and rooms, and delivers the cluster sends
-//! (`sendMessageToAll`, `sendMessageToRoom`, `messageError`, `disconnectClient`) to this worker's
-//! clients. It runs before the application's handlers of the same message, in its channel's lane.
-
-use std::sync::Arc;
+//! The cluster mirror: an internal subscriber that delivers the cluster sends (`sendMessageToAll`,
+//! `sendMessageToRoom`, `messageError`, `disconnectClient`, and what other workers send to this
+//! worker's clients on its own channel) and applies the other workers' presence feed (see
+//! `presence.rs`). It runs before the application's handlers of the same message, in its
+//! channel's lane.
+//!
+//! The presence events of the reference's wire format (`clientConnected`, `clientJoinedRoom`,
+//! `clientLeftRoom`, `clientDisconnected`) are still published for the application's handlers and
+//! for reference workers, but the view of the cluster no longer comes from them: they travel on
+//! four channels, in four lanes, in no order relative to each other.
 
 use serde_json::Value;
 use subscriber_runtime::{event, Context};
 
-use crate::client::{DisconnectReason, User};
+use crate::client::DisconnectReason;
 use crate::frame::{ClientId, Frame};
-use crate::rooms::Entry;
 use crate::WebSocket;
 
-/// The channels the mirror acts on.
-pub(crate) const CHANNELS: [&str; 8] = [
+/// The framework channels the mirror acts on (besides the presence feed and this worker's own
+/// channel).
+pub(crate) const CHANNELS: [&str; 4] = [
     event::SEND_MESSAGE_TO_ALL,
     event::SEND_MESSAGE_TO_ROOM,
-    event::CLIENT_CONNECTED,
-    event::CLIENT_DISCONNECTED,
     event::DISCONNECT_CLIENT,
-    event::CLIENT_JOINED_ROOM,
-    event::CLIENT_LEFT_ROOM,
     event::MESSAGE_ERROR,
 ];
 
@@ -35,11 +35,6 @@ impl WebSocket {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
                 .map(ClientId::from_wire)
-        };
-        let sender = || {
-            cx.envelope()
-                .worker_id()
-                .map_or_else(|| Arc::from("unknown"), Arc::from)
         };
         match cx.channel() {
             event::SEND_MESSAGE_TO_ALL => {
@@ -65,87 +60,12 @@ impl WebSocket {
                     .map(ClientId::from_wire);
                 self.room_send(room, &frame, excluded.as_ref());
             }
-            event::CLIENT_CONNECTED => {
-                let Some(id) = client_id() else { return };
-                let worker: Arc<str> = sender();
-                let user = message.get("user").and_then(User::from_wire).map(Arc::new);
-                let last_activity = message
-                    .get("lastActivity")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                let mut state = self.write();
-                if state.local.contains_key(&id) {
-                    return;
-                }
-                let rooms = state
-                    .clients
-                    .remove(&id)
-                    .map(|e| e.rooms)
-                    .unwrap_or_default();
-                state.clients.insert(
-                    id,
-                    Entry {
-                        worker_id: worker,
-                        user,
-                        last_activity,
-                        rooms,
-                        local: None,
-                    },
-                );
-            }
-            event::CLIENT_DISCONNECTED => {
-                let Some(id) = client_id() else { return };
-                let mut state = self.write();
-                if !state.local.contains_key(&id) {
-                    state.remove(&id);
-                }
-            }
             event::DISCONNECT_CLIENT => {
                 let Some(id) = client_id() else { return };
                 let conn = self.read().local.get(&id).cloned();
                 if let Some(conn) = conn {
                     tracing::info!(client_id = %id, worker_id = %self.inner.worker_id, "disconnecting client on request");
                     conn.close(DisconnectReason::Kicked);
-                }
-            }
-            event::CLIENT_JOINED_ROOM => {
-                let Some(id) = client_id() else { return };
-                let Some(room) = message
-                    .get("roomName")
-                    .and_then(Value::as_str)
-                    .filter(|r| !r.is_empty())
-                else {
-                    return;
-                };
-                let mut state = self.write();
-                if state.local.contains_key(&id) {
-                    return;
-                }
-                if !state.clients.contains_key(&id) {
-                    // Its `clientConnected` was missed (this worker started later): learn it here.
-                    let worker = sender();
-                    let user = message.get("user").and_then(User::from_wire).map(Arc::new);
-                    state.clients.insert(
-                        id.clone(),
-                        Entry {
-                            worker_id: worker,
-                            user,
-                            last_activity: 0,
-                            rooms: Vec::new(),
-                            local: None,
-                        },
-                    );
-                }
-                state.join(&id, room, self.inner.config.room_policy);
-            }
-            event::CLIENT_LEFT_ROOM => {
-                let Some(id) = client_id() else { return };
-                let Some(room) = message.get("room").and_then(Value::as_str) else {
-                    return;
-                };
-                let mut state = self.write();
-                if !state.local.contains_key(&id) {
-                    state.leave(&id, room);
                 }
             }
             event::MESSAGE_ERROR => {
@@ -157,6 +77,8 @@ impl WebSocket {
                 };
                 self.send_error(&id, &error);
             }
+            crate::presence::FEED_CHANNEL => self.on_presence_feed(&cx.raw()),
+            channel if channel == self.inner.direct_channel.as_str() => self.on_direct(&cx.raw()),
             _ => {}
         }
     }

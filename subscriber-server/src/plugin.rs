@@ -41,6 +41,8 @@ pub struct WebSocketServer {
     handle: Option<WebSocket>,
     /// The presence announcer's task, and what tells it to finish.
     announcer: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
+    /// The presence writer's task, and what tells it to finish.
+    presence: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
 
 impl fmt::Debug for WebSocketServer {
@@ -98,13 +100,19 @@ impl Plugin for WebSocketServer {
             cx.publisher().clone(),
             Arc::new(Counters::resolved()),
             cx.handler_timeout(),
+            // Off the framework channels, the worker hears nothing of the cluster.
+            cx.presence().filter(|_| cx.framework_channels()),
         );
         cx.state(ws.clone());
         // Off the framework channels, the worker hears nothing of the cluster: no mirror.
         if cx.framework_channels() {
             let mirror = ws.clone();
+            let channels = mirror::CHANNELS.iter().map(|c| (*c).to_owned()).chain([
+                crate::presence::FEED_CHANNEL.to_owned(),
+                ws.inner.direct_channel.clone(),
+            ]);
             cx.subscriber(
-                Subscriber::channels(mirror::CHANNELS)
+                Subscriber::channels(channels)
                     .name("switchboard.websocket.mirror")
                     .description("the cluster's clients and rooms, and the cluster sends to this worker's clients")
                     .handle(move |cx: Context| mirror.on_framework_message(&cx)),
@@ -116,7 +124,13 @@ impl Plugin for WebSocketServer {
 
     fn start(&mut self, _resources: &Arc<Resources>, stop: CancellationToken) {
         if let Some(ws) = &self.handle {
-            ws.inner.metrics.spawn_upkeep(stop);
+            ws.inner.metrics.spawn_upkeep(stop.clone());
+            tokio::spawn(ws.clone().run_presence_reader(stop));
+            let finish_writer = CancellationToken::new();
+            self.presence = Some((
+                tokio::spawn(ws.clone().run_presence_writer(finish_writer.clone())),
+                finish_writer,
+            ));
             let finish = CancellationToken::new();
             if let Some(task) = ws
                 .inner
@@ -145,6 +159,17 @@ impl Plugin for WebSocketServer {
                 let until = deadline.max(Instant::now()) + std::time::Duration::from_secs(1);
                 crate::announce::drain(task, &finish, until).await;
             }
+            // Every client is gone: the writer removes this worker's presence table.
+            if let Some((task, finish)) = self.presence.take() {
+                finish.cancel();
+                let until = deadline.max(Instant::now()) + std::time::Duration::from_secs(1);
+                if tokio::time::timeout_at(tokio::time::Instant::from_std(until), task)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("shutdown: this worker's presence table was not removed in time; it expires on its own");
+                }
+            }
         })
     }
 
@@ -153,6 +178,9 @@ impl Plugin for WebSocketServer {
             ws.abort();
         }
         if let Some((task, _)) = self.announcer.take() {
+            task.abort();
+        }
+        if let Some((task, _)) = self.presence.take() {
             task.abort();
         }
     }

@@ -302,6 +302,9 @@ impl WebSocket {
                 .join(client, room, self.inner.config.room_policy)
                 .ok_or_else(|| RoomError::NotLocal(client.clone()))?
         };
+        if change.joined || !change.left.is_empty() {
+            self.inner.presence.touch(client);
+        }
         for old in &change.left {
             tracing::debug!(client_id = %client, room = %old, "client left room (single-room policy)");
             self.announce(
@@ -337,6 +340,7 @@ impl WebSocket {
             state.leave(client, room)
         };
         if left {
+            self.inner.presence.touch(client);
             tracing::debug!(client_id = %client, room, worker_id = %self.inner.worker_id, "client left room");
             self.announce(
                 event::CLIENT_LEFT_ROOM,
@@ -344,6 +348,125 @@ impl WebSocket {
             );
         }
         Ok(left)
+    }
+
+    /// Sends a frame to one client wherever it is connected in the cluster: queued at once when
+    /// it is connected here, otherwise published once on the channel of the worker it is
+    /// connected to, which delivers it. Returns false when no worker lists the client.
+    ///
+    /// ```
+    /// # use switchboard::{ClientId, Outgoing, WebSocket};
+    /// # async fn f(ws: WebSocket, id: ClientId) -> Result<(), switchboard::PublishError> {
+    /// let found = ws.send_to_client(&id, Outgoing::new("chat", "direct", "hi")).await?;
+    /// # let _ = found;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The publish failure, when the client is connected to another worker.
+    pub async fn send_to_client(
+        &self,
+        client: &ClientId,
+        frame: impl Into<Frame>,
+    ) -> Result<bool, PublishError> {
+        let frame = frame.into();
+        let worker = {
+            let state = self.read();
+            match state.clients.get(client) {
+                None => return Ok(false),
+                Some(entry) => match &entry.local {
+                    Some(conn) => return Ok(self.deliver(conn, &frame)),
+                    None => entry.worker_id.clone(),
+                },
+            }
+        };
+        self.direct(&worker, vec![client.clone()], &frame).await?;
+        Ok(true)
+    }
+
+    /// Sends a frame to every client of `user` in the cluster, each once: this worker's at once,
+    /// the others' through one publish per worker that has some. Ids compare as text. Returns
+    /// how many clients it was sent to.
+    ///
+    /// # Errors
+    /// The first publish failure (the other workers are still sent to).
+    pub async fn send_to_user(
+        &self,
+        user: impl fmt::Display,
+        frame: impl Into<Frame>,
+    ) -> Result<usize, PublishError> {
+        let frame = frame.into();
+        let user = user.to_string();
+        let mut sent = 0;
+        let mut remote: std::collections::BTreeMap<std::sync::Arc<str>, Vec<ClientId>> =
+            std::collections::BTreeMap::new();
+        {
+            let state = self.read();
+            for (id, entry) in &state.clients {
+                if entry.user.as_ref().is_none_or(|u| u.id().as_str() != user) {
+                    continue;
+                }
+                match &entry.local {
+                    Some(conn) => sent += usize::from(self.deliver(conn, &frame)),
+                    None => remote
+                        .entry(entry.worker_id.clone())
+                        .or_default()
+                        .push(id.clone()),
+                }
+            }
+        }
+        let mut first_error = None;
+        for (worker, ids) in remote {
+            let n = ids.len();
+            match self.direct(&worker, ids, &frame).await {
+                Ok(()) => sent += n,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(sent),
+        }
+    }
+
+    /// Publishes `frame` for `ids` on the channel of `worker`, which delivers it to them.
+    async fn direct(
+        &self,
+        worker: &str,
+        ids: Vec<ClientId>,
+        frame: &Frame,
+    ) -> Result<(), PublishError> {
+        let message = json!({ "clients": ids, "frame": frame.as_str() });
+        self.inner
+            .publisher
+            .publish_raw(
+                &crate::presence::worker_channel(worker),
+                serde_json::to_vec(&message).unwrap_or_default(),
+            )
+            .await
+    }
+
+    /// Delivers what another worker sent to this worker's clients (on its worker channel).
+    pub(crate) fn on_direct(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Incoming {
+            clients: Vec<String>,
+            frame: String,
+        }
+        let Ok(incoming) = serde_json::from_slice::<Incoming>(payload) else {
+            tracing::debug!("unreadable message on this worker's channel ignored");
+            return;
+        };
+        let frame = Frame::text(incoming.frame);
+        let state = self.read();
+        for id in incoming.clients {
+            if let Some(conn) = state.local.get(&ClientId::from_wire(&id)) {
+                self.deliver(conn, &frame);
+            }
+        }
     }
 
     /// Closes a client wherever it is connected: at once when it is connected here (close code

@@ -33,6 +33,9 @@ counters! {
     clients_disconnected,
     /// WebSocket connections refused with 401 (bad, expired or missing token).
     auth_rejections,
+    /// WebSocket connections refused with 429: the user was at its connection limit
+    /// ([`WebSocketConfig::max_connections_per_user`](crate::WebSocketConfig::max_connections_per_user)).
+    user_limit_rejections,
     /// Messages received from WebSocket clients.
     client_messages,
     /// Error frames sent to WebSocket clients.

@@ -238,3 +238,32 @@ pub async fn next_disconnect(
         .expect("no disconnection within the deadline")
         .expect("hook channel closed")
 }
+
+/// Reads an example's standard output until its `Open http://...` line and returns that URL
+/// (the rest of the output is drained in the background).
+pub async fn announced_url(stdout: std::process::ChildStdout) -> String {
+    use std::io::BufRead;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("Open ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+    });
+    tokio::time::timeout(DEADLINE, rx)
+        .await
+        .expect("the example announces its URL")
+        .expect("the example's output")
+}

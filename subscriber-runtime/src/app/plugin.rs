@@ -133,6 +133,12 @@ impl PluginContext<'_> {
         self.publisher
     }
 
+    /// The broker's shared [presence store](crate::broker::presence), if it has one (both
+    /// built-in brokers do).
+    pub fn presence(&self) -> Option<Arc<dyn crate::broker::PresenceStore>> {
+        self.publisher.broker().presence()
+    }
+
     /// The application's default handler timeout.
     pub fn handler_timeout(&self) -> Duration {
         self.handler_timeout

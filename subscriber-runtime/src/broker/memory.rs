@@ -2,12 +2,14 @@
 //! workers in one test.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, Inbox, Subscriptions};
+use super::presence::{Feed, GroupMember, MemoryPresence, PresenceChange, PresenceTable};
+use super::{Broker, Inbox, PresenceStore, Subscriptions};
 use crate::error::BrokerError;
 
 /// An in-process broker. Clones share one bus, so several applications built on clones of the same
@@ -16,6 +18,9 @@ use crate::error::BrokerError;
 /// Delivery follows Redis pub/sub: a message reaches every subscriber whose channels or patterns
 /// match it, once; nothing is stored for subscribers that join later; a subscriber whose dispatch
 /// queue is full loses the message (counted).
+///
+/// It also keeps a [presence store](super::presence) in memory, shared by its clones, so that
+/// the WebSocket servers of workers on one bus see each other's clients as they would on Redis.
 ///
 /// ```
 /// use switchboard::{MemoryBroker, Switchboard};
@@ -28,6 +33,7 @@ use crate::error::BrokerError;
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBroker {
     bus: Arc<RwLock<Vec<Subscriber>>>,
+    presence: Arc<MemoryPresence>,
 }
 
 #[derive(Debug)]
@@ -85,5 +91,77 @@ impl Broker for MemoryBroker {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+impl PresenceStore for MemoryBroker {
+    fn write(
+        &self,
+        worker: &str,
+        changes: Vec<PresenceChange>,
+        seq: u64,
+        ttl: Duration,
+        feed: Feed,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.presence.write(worker, changes, seq, ttl);
+        self.publish_now(&feed.channel, feed.payload);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn replace(
+        &self,
+        worker: &str,
+        records: Vec<(String, Bytes)>,
+        seq: u64,
+        ttl: Duration,
+        feed: Feed,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.presence.replace(worker, records, seq, ttl);
+        self.publish_now(&feed.channel, feed.payload);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn renew(
+        &self,
+        worker: &str,
+        ttl: Duration,
+        feed: Feed,
+    ) -> BoxFuture<'_, Result<bool, BrokerError>> {
+        let renewed = self.presence.renew(worker, ttl);
+        if renewed {
+            self.publish_now(&feed.channel, feed.payload);
+        }
+        Box::pin(std::future::ready(Ok(renewed)))
+    }
+
+    fn read(&self, worker: &str) -> BoxFuture<'_, Result<Option<PresenceTable>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.presence.read(worker))))
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.presence.workers())))
+    }
+
+    fn remove(&self, worker: &str, feed: Feed) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.presence.remove(worker);
+        self.publish_now(&feed.channel, feed.payload);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn enter(
+        &self,
+        group: &str,
+        member: GroupMember,
+    ) -> BoxFuture<'_, Result<Vec<GroupMember>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.presence.enter(group, member))))
+    }
+
+    fn leave(&self, group: &str, member: GroupMember) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.presence.leave(group, &member);
+        Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -19,8 +19,10 @@ use crate::error::BrokerError;
 use crate::observe::stats::{Counters, InFlight, RateLimit};
 
 mod memory;
+pub mod presence;
 mod redis;
 
+pub use self::presence::PresenceStore;
 pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
 
@@ -45,6 +47,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// A short name for logs (`"memory"`, `"redis"`).
     fn kind(&self) -> &'static str;
+
+    /// The broker's shared [presence store](presence), for a plugin that keeps a cluster-wide view
+    /// of its clients (the WebSocket server). `None` (the default) for a broker without one: each
+    /// worker then sees its own clients only.
+    fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
+        None
+    }
 }
 
 /// The exact channels and glob patterns a worker needs, with what is already covered removed: an

@@ -102,6 +102,8 @@ pub(crate) struct Router {
     regexes: Vec<LazyRegex>,
     globs: Vec<(Arc<str>, u32)>,
     predicated: Vec<u32>,
+    /// Which entries are plugins' internal subscribers (the only ones for internal channels).
+    internal: Vec<bool>,
     /// Channels that are labelled with their own name besides the exact handler channels.
     named: HashSet<String>,
     cache: RwLock<HashMap<Arc<str>, Arc<Route>>>,
@@ -154,6 +156,7 @@ impl Router {
             regexes,
             globs,
             predicated,
+            internal: entries.iter().map(|e| e.internal).collect(),
             named: named.into_iter().collect(),
             cache: RwLock::new(HashMap::new()),
         }
@@ -232,6 +235,9 @@ impl Router {
             }
         }
         out.sort_unstable_by_key(|c| c.handler);
+        if crate::message::event::is_internal(channel) {
+            out.retain(|c| self.internal[c.handler as usize]);
+        }
         Route {
             candidates: out.into(),
             received: telemetry::channel_received(label),

@@ -2,6 +2,17 @@
 //! worker can join a cluster of those workers. Use them with the attribute:
 //! `#[websocket_subscriber(channel = event::QUEUE_JOB_COMPLETED)]`.
 
+/// The prefix of the framework's internal channels (the WebSocket server's presence feed,
+/// `switchboard.presence`, and each worker's own channel, `switchboard.worker.<id>`): a message on
+/// such a channel reaches plugins' internal subscribers only, never the application's handlers
+/// (not even a `"*"` handler).
+pub const INTERNAL_PREFIX: &str = "switchboard.";
+
+/// Whether `channel` is one of the framework's internal channels ([`INTERNAL_PREFIX`]).
+pub fn is_internal(channel: &str) -> bool {
+    channel.starts_with(INTERNAL_PREFIX)
+}
+
 /// A client connected to some worker: `{clientId, lastActivity, workerId, user}`.
 pub const CLIENT_CONNECTED: &str = "clientConnected";
 /// A client disconnected from some worker: `{clientId, workerId}`.

@@ -1,21 +1,48 @@
-//! Running one command: the connection commands, subscribed-mode rules, `SUBSCRIBE` and friends.
+//! Running one command: the queue-time checks (unknown command, arity, subscribed mode), the
+//! transaction commands, the connection commands, `SUBSCRIBE` and friends; the data commands are
+//! in `data` and `collections`.
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
+use super::keyspace::Keyspace;
 use super::pubsub::publish;
-use super::resp::{bulk, error, ok, wrong_arity};
+use super::resp::{bulk, error, ok, parse_int, simple, wrong_arity};
 use super::server::Shared;
+use super::transaction::Session;
 
 /// What to do after a command.
 pub(super) enum After {
     Continue,
     Close,
 }
+
+/// The arity of every command the mock knows, as in Redis's command table: the number of
+/// arguments including the command's name, or at least `-arity` when negative. `None` for an
+/// unknown command.
+fn arity(name: &str) -> Option<i64> {
+    Some(match name {
+        "PING" | "HELLO" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "QUIT" | "FLUSHALL" | "FLUSHDB" => -1,
+        "AUTH" | "CLIENT" | "SUBSCRIBE" | "PSUBSCRIBE" | "WATCH" | "DEL" | "EXISTS" => -2,
+        "SET" | "PEXPIRE" | "EXPIRE" | "HDEL" | "SADD" | "SREM" | "RPUSH" | "LPUSH" => -3,
+        "HSET" | "HMSET" => -4,
+        "RESET" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" | "DBSIZE" => 1,
+        "ECHO" | "SELECT" | "GET" | "PTTL" | "TTL" | "KEYS" | "TYPE" | "INCR" | "HGETALL"
+        | "HLEN" | "HKEYS" | "SMEMBERS" | "SCARD" | "LLEN" => 2,
+        "PUBLISH" | "INCRBY" | "HGET" | "HEXISTS" | "SISMEMBER" => 3,
+        "HINCRBY" | "LRANGE" | "LREM" => 4,
+        _ => return None,
+    })
+}
+
 /// Runs one command, pushing its replies.
+///
+/// Commands run one at a time, under the keyspace lock, as on Redis's single thread: an `EXEC`
+/// runs its whole queue under it, so no other client's command (`PUBLISH` included) interleaves.
 pub(super) fn execute(
     shared: &Shared,
     id: u64,
+    session: &mut Session,
     frame: BytesFrame,
     replies: &mut Vec<BytesFrame>,
 ) -> After {
@@ -36,56 +63,123 @@ pub(super) fn execute(
             }
         }
     }
-    let Some((name, args)) = args.split_first() else {
+    let Some((sent_name, args)) = args.split_first() else {
         // An empty array is ignored, as Redis does.
         return After::Continue;
     };
-    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let sent_name = String::from_utf8_lossy(sent_name);
+    let name = sent_name.to_ascii_uppercase();
 
-    let subscribed = shared
+    let mut keyspace = shared.keyspace();
+    let Some(subscribed) = shared
         .clients()
         .get(&id)
-        .is_some_and(|c| c.subscription_count() > 0);
-    let allowed_when_subscribed = matches!(
-        name.as_str(),
-        "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "PING" | "QUIT" | "RESET"
-    );
-    if subscribed && !allowed_when_subscribed {
-        replies.push(error(format!(
+        .map(|c| c.subscription_count() > 0)
+    else {
+        // Dropped (`drop_connections`, `restart`) while this command was on its way.
+        return After::Close;
+    };
+    let argc = i64::try_from(args.len()).unwrap_or(i64::MAX) + 1;
+    let rejected = match arity(&name) {
+        None => Some(unknown_command(&sent_name, args)),
+        Some(arity) if (arity >= 0 && argc != arity) || argc < -arity => {
+            Some(wrong_arity(&name))
+        }
+        Some(_) if subscribed && !allowed_when_subscribed(&name) => Some(error(format!(
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             name.to_ascii_lowercase()
-        )));
+        ))),
+        Some(_) => None,
+    };
+    if let Some(reply) = rejected {
+        session.reject();
+        replies.push(reply);
         return After::Continue;
     }
 
     match name.as_str() {
+        "MULTI" => replies.push(session.multi()),
+        "DISCARD" => replies.push(session.discard(&mut keyspace, id)),
+        "WATCH" => replies.push(session.watch(&mut keyspace, id, args)),
+        "EXEC" => {
+            let reply = session.exec(&mut keyspace, id, |keyspace, name, args, replies| {
+                run(shared, id, keyspace, name, args, replies);
+            });
+            replies.push(reply);
+        }
+        "QUIT" => {
+            replies.push(ok());
+            return After::Close;
+        }
+        "RESET" => {
+            session.reset(&mut keyspace, id);
+            return run(shared, id, &mut keyspace, &name, args, replies);
+        }
+        _ if session.in_multi() => replies.push(session.queue(&name, args)),
+        _ => return run(shared, id, &mut keyspace, &name, args, replies),
+    }
+    After::Continue
+}
+
+fn allowed_when_subscribed(name: &str) -> bool {
+    matches!(
+        name,
+        "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "PING" | "QUIT" | "RESET"
+    )
+}
+
+/// Redis's error for an unknown command, which quotes the name as it was sent.
+fn unknown_command(name: &str, args: &[Bytes]) -> BytesFrame {
+    let mut preview = String::new();
+    for arg in args.iter().take(3) {
+        preview.push('\'');
+        preview.push_str(&String::from_utf8_lossy(arg));
+        preview.push_str("' ");
+    }
+    error(format!(
+        "ERR unknown command '{name}', with args beginning with: {preview}"
+    ))
+}
+
+/// Runs a command that passed the queue-time checks (now, or queued in a transaction).
+fn run(
+    shared: &Shared,
+    id: u64,
+    keyspace: &mut Keyspace,
+    name: &str,
+    args: &[Bytes],
+    replies: &mut Vec<BytesFrame>,
+) -> After {
+    let subscribed = shared
+        .clients()
+        .get(&id)
+        .is_some_and(|c| c.subscription_count() > 0);
+    match name {
         "PING" => match args {
             [] if subscribed => replies.push(BytesFrame::Array(vec![bulk("pong"), bulk("")])),
-            [] => replies.push(BytesFrame::SimpleString(Bytes::from_static(b"PONG"))),
+            [] => replies.push(simple("PONG")),
             [message] if subscribed => {
                 replies.push(BytesFrame::Array(vec![bulk("pong"), bulk(message.clone())]));
             }
             [message] => replies.push(bulk(message.clone())),
-            _ => replies.push(wrong_arity(&name)),
+            _ => replies.push(wrong_arity(name)),
         },
         "ECHO" => match args {
             [message] => replies.push(bulk(message.clone())),
-            _ => replies.push(wrong_arity(&name)),
+            _ => replies.push(wrong_arity(name)),
         },
         "SELECT" => match args {
-            [db] => match std::str::from_utf8(db)
-                .ok()
-                .and_then(|d| d.parse::<i64>().ok())
-            {
+            // Every database shares the one keyspace.
+            [db] => match parse_int(db) {
                 Some(0..=15) => replies.push(ok()),
                 Some(_) => replies.push(error("ERR DB index is out of range")),
                 None => replies.push(error("ERR value is not an integer or out of range")),
             },
-            _ => replies.push(wrong_arity(&name)),
+            _ => replies.push(wrong_arity(name)),
         },
         "AUTH" => match args {
             [_] | [_, _] => replies.push(ok()),
-            _ => replies.push(wrong_arity(&name)),
+            _ => replies.push(wrong_arity(name)),
         },
         "CLIENT" => {
             let sub = args
@@ -104,7 +198,7 @@ pub(super) fn execute(
                 Some(other) => replies.push(error(format!(
                     "ERR unknown subcommand '{other}'. Try CLIENT HELP."
                 ))),
-                None => replies.push(wrong_arity(&name)),
+                None => replies.push(wrong_arity(name)),
             }
         }
         "HELLO" => {
@@ -134,7 +228,7 @@ pub(super) fn execute(
         }
         "SUBSCRIBE" | "PSUBSCRIBE" => {
             if args.is_empty() {
-                replies.push(wrong_arity(&name));
+                replies.push(wrong_arity(name));
                 return After::Continue;
             }
             let pattern = name == "PSUBSCRIBE";
@@ -197,31 +291,23 @@ pub(super) fn execute(
                 let receivers = publish(shared, channel, message);
                 replies.push(BytesFrame::Integer(receivers));
             }
-            _ => replies.push(wrong_arity(&name)),
+            _ => replies.push(wrong_arity(name)),
         },
         "RESET" => {
             if let Some(client) = shared.clients().get_mut(&id) {
                 client.channels.clear();
                 client.patterns.clear();
             }
-            replies.push(BytesFrame::SimpleString(Bytes::from_static(b"RESET")));
+            replies.push(simple("RESET"));
         }
-        "QUIT" => {
+        "UNWATCH" => {
+            keyspace.unwatch(id);
             replies.push(ok());
-            return After::Close;
         }
-        _ => {
-            let mut preview = String::new();
-            for arg in args.iter().take(3) {
-                preview.push('\'');
-                preview.push_str(&String::from_utf8_lossy(arg));
-                preview.push_str("' ");
-            }
-            replies.push(error(format!(
-                "ERR unknown command '{}', with args beginning with: {preview}",
-                name.to_ascii_lowercase()
-            )));
-        }
+        _ => match super::data::run(keyspace, name, args) {
+            Some(reply) => replies.push(reply),
+            None => replies.push(unknown_command(name, args)),
+        },
     }
     After::Continue
 }

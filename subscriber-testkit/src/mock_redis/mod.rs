@@ -1,9 +1,15 @@
-//! [`MockRedis`]: a small Redis server for tests, with fault injection.
+//! [`MockRedis`]: a small Redis server for tests, with pub/sub, a keyspace, transactions and
+//! fault injection.
 //!
 //! The mock is self-contained (it depends on no other part of the runtime), split by concept:
-//! - `resp`: the RESP2 codec (with a bound on buffered input) and reply builders;
+//! - `resp`: the RESP2 codec (with a bound on buffered input), reply builders and Redis's integer
+//!   parsing;
 //! - `server`: the shared server state, the accept loop and the per-connection task;
-//! - `commands`: parsing and running one command;
+//! - `commands`: the queue-time checks (unknown command, arity, subscribed mode), then running one
+//!   command: the connection and pub/sub commands here, the others dispatched below;
+//! - `transaction`: `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH` and the per-connection state;
+//! - `keyspace`: the values, their lazy expiry, and the watched keys;
+//! - `data`: the key and string commands; `collections`: the hash, set and list commands;
 //! - `pubsub`: the `PUBLISH` fan-out to `message`/`pmessage` subscribers.
 //!
 //! The fault-injection controls are methods of [`MockRedis`], below.
@@ -17,23 +23,49 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod collections;
 mod commands;
+mod data;
+mod keyspace;
 mod pubsub;
 mod resp;
 mod server;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_data;
+#[cfg(test)]
+mod tests_transactions;
+mod transaction;
 
 use self::server::{accept_loop, Client, Shared};
 
 /// How long [`MockRedis::restart`] refuses connections.
 const RESTART_OUTAGE: Duration = Duration::from_millis(200);
 
-/// A Redis server for tests: a real TCP server on `127.0.0.1` speaking RESP2, with pub/sub
-/// (`SUBSCRIBE`, `PSUBSCRIBE` with Redis glob semantics, `UNSUBSCRIBE`, `PUNSUBSCRIBE`,
-/// `PUBLISH`) and the few other commands clients send (`PING`, `ECHO`, `SELECT`, `AUTH` — any
-/// password is accepted —, `CLIENT SETINFO`/`SETNAME`/`ID`, `HELLO 2`, `RESET`, `QUIT`). Nothing
-/// is stored: there are no keys.
+/// A Redis server for tests: a real TCP server on `127.0.0.1` speaking RESP2, answering as Redis 7
+/// does (same reply types, same error messages) to:
+/// - pub/sub: `SUBSCRIBE`, `PSUBSCRIBE` (Redis glob semantics), `UNSUBSCRIBE`, `PUNSUBSCRIBE`,
+///   `PUBLISH`;
+/// - keys and strings: `GET`, `SET` (with `NX`/`XX`, `GET`, `EX`/`PX`/`EXAT`/`PXAT`/`KEEPTTL`),
+///   `DEL`, `EXISTS`, `EXPIRE`, `PEXPIRE` (with `NX`/`XX`/`GT`/`LT`), `TTL`, `PTTL`, `KEYS`,
+///   `DBSIZE`, `FLUSHALL`, `FLUSHDB`, `TYPE`, `INCR`, `INCRBY`;
+/// - hashes: `HSET`, `HMSET`, `HGET`, `HDEL`, `HGETALL`, `HLEN`, `HINCRBY`, `HKEYS`, `HEXISTS`;
+/// - sets: `SADD`, `SREM`, `SMEMBERS`, `SCARD`, `SISMEMBER`;
+/// - lists: `RPUSH`, `LPUSH`, `LRANGE`, `LREM`, `LLEN`;
+/// - transactions: `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH` (an `EXEC` runs its queue
+///   atomically: no other client's command interleaves; a `PUBLISH` in it is delivered as usual);
+/// - the few other commands clients send: `PING`, `ECHO`, `SELECT`, `AUTH` (any password is
+///   accepted), `CLIENT SETINFO`/`SETNAME`/`GETNAME`/`ID`, `HELLO 2`, `RESET`, `QUIT`.
+///
+/// Values are strings, hashes, sets and lists, with `WRONGTYPE` errors when a command meets the
+/// wrong type; an emptied hash, set or list is deleted, as in Redis. Keys expire lazily (on
+/// access), but `EXISTS`, `KEYS` and `DBSIZE` never report an expired key. There is one keyspace
+/// per server: `SELECT` accepts databases 0 to 15, but they all share it (and `FLUSHDB` empties
+/// it, as `FLUSHALL` does). `KEYS`, `HGETALL`, `HKEYS` and `SMEMBERS` answer in sorted order (Redis
+/// leaves it unspecified). Nothing is persisted. One difference on the wire: an `EXEC` aborted by
+/// `WATCH` answers a null bulk string (`$-1`) where Redis sends a null array (`*-1`); clients read
+/// both as nil.
 ///
 /// Its fault injection drives the [`RedisBroker`](subscriber_runtime::broker::RedisBroker)'s reconnects:
 /// [`drop_connections`](Self::drop_connections), [`stall_connections`](Self::stall_connections),
@@ -138,11 +170,18 @@ impl MockRedis {
     }
 
     /// Simulates a server restart: drops every connection, refuses new ones for a moment
-    /// (200 ms), and returns once connections are accepted again. Like a real restart, it forgets
-    /// every subscription.
+    /// (200 ms), and returns once connections are accepted again. Like a real restart of a Redis
+    /// without persistence, it forgets every subscription, every open transaction and watched key,
+    /// and every key: the keyspace is empty afterwards. (To keep the keys, use
+    /// [`drop_connections`](Self::drop_connections), a network failure rather than a restart.)
     pub async fn restart(&self) {
         self.refuse_connections_for(RESTART_OUTAGE);
-        self.drop_connections();
+        {
+            // Under the command lock, so that no command of a dropped client runs after the clear.
+            let mut keyspace = self.shared.keyspace();
+            self.drop_connections();
+            keyspace.clear();
+        }
         tokio::time::sleep(RESTART_OUTAGE).await;
     }
 

@@ -57,3 +57,52 @@ pub(super) fn wrong_arity(name: &str) -> BytesFrame {
         name.to_ascii_lowercase()
     ))
 }
+
+pub(super) fn int(n: usize) -> BytesFrame {
+    BytesFrame::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+pub(super) fn simple(text: &'static str) -> BytesFrame {
+    BytesFrame::SimpleString(Bytes::from_static(text.as_bytes()))
+}
+
+/// An array of bulk strings.
+pub(super) fn bulks(items: impl IntoIterator<Item = Bytes>) -> BytesFrame {
+    BytesFrame::Array(items.into_iter().map(BytesFrame::BulkString).collect())
+}
+
+pub(super) fn wrong_type() -> BytesFrame {
+    error("WRONGTYPE Operation against a key holding the wrong kind of value")
+}
+
+pub(super) fn syntax_error() -> BytesFrame {
+    error("ERR syntax error")
+}
+
+pub(super) fn not_an_integer() -> BytesFrame {
+    error("ERR value is not an integer or out of range")
+}
+
+pub(super) fn overflow() -> BytesFrame {
+    error("ERR increment or decrement would overflow")
+}
+
+/// Parses an integer as Redis's `string2ll` does: digits with an optional `-`, no `+`, no spaces,
+/// no leading zeros, within `i64`.
+pub(super) fn parse_int(text: &[u8]) -> Option<i64> {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => digits.len() == text.len(),
+        [first, rest @ ..] => (b'1'..=b'9').contains(first) && rest.iter().all(u8::is_ascii_digit),
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// [`parse_int`], or the error Redis answers.
+pub(super) fn int_arg(text: &[u8]) -> Result<i64, BytesFrame> {
+    parse_int(text).ok_or_else(not_an_integer)
+}

@@ -16,10 +16,15 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::commands::{execute, After};
+use super::keyspace::Keyspace;
 use super::resp::Codec;
+use super::transaction::Session;
 
 #[derive(Default)]
 pub(super) struct Shared {
+    /// The keys; its lock is also the server-wide command lock (see `commands::execute`). Lock
+    /// order: `keyspace`, then `clients`.
+    keyspace: Mutex<Keyspace>,
     clients: Mutex<HashMap<u64, Client>>,
     next_id: AtomicU64,
     pub(super) published: AtomicU64,
@@ -27,6 +32,12 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    pub(super) fn keyspace(&self) -> MutexGuard<'_, Keyspace> {
+        self.keyspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(super) fn clients(&self) -> MutexGuard<'_, HashMap<u64, Client>> {
         self.clients
             .lock()
@@ -108,6 +119,7 @@ async fn serve(
 ) {
     let _ = socket.set_nodelay(true);
     let mut framed = Framed::new(socket, Codec::default());
+    let mut session = Session::default();
     loop {
         let mut replies = Vec::new();
         let after = tokio::select! {
@@ -126,7 +138,7 @@ async fn serve(
                 None => break,
             },
             input = framed.next() => match input {
-                Some(Ok(frame)) => execute(&shared, id, frame, &mut replies),
+                Some(Ok(frame)) => execute(&shared, id, &mut session, frame, &mut replies),
                 Some(Err(error)) => {
                     tracing::debug!(id, %error, "mock redis: malformed input, closing the connection");
                     break;
@@ -148,5 +160,6 @@ async fn serve(
             break;
         }
     }
+    shared.keyspace().unwatch(id);
     shared.clients().remove(&id);
 }

@@ -17,11 +17,12 @@ use futures_util::future::BoxFuture;
 use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, Inbox, Subscriptions};
+use super::{Broker, Inbox, PresenceStore, Subscriptions};
 use crate::error::BrokerError;
 
 mod backoff;
 mod config;
+mod presence;
 mod publisher;
 mod subscriber;
 
@@ -197,6 +198,10 @@ impl Broker for RedisBroker {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
+        Some(Arc::new(self.clone()))
     }
 }
 

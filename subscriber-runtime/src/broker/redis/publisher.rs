@@ -61,7 +61,7 @@ struct Cached {
 }
 
 impl PublishSlot {
-    async fn get(
+    pub(super) async fn get(
         &self,
         client: &redis::Client,
         timeout: Duration,
@@ -88,7 +88,7 @@ impl PublishSlot {
     }
 
     /// Stops using the connection of `generation` (and older ones).
-    fn discard(&self, generation: u64) {
+    pub(super) fn discard(&self, generation: u64) {
         self.discarded.fetch_max(generation, Ordering::SeqCst);
     }
 

@@ -1,0 +1,259 @@
+//! The presence store on Redis: each write is one `MULTI`/`EXEC` (with its `PUBLISH`) on the
+//! shared publishing connection, bounded by the publish timeout.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, Pipeline, RedisError};
+
+use super::{classify, RedisBroker};
+use crate::broker::presence::{
+    decode_member, encode_member, Feed, GroupMember, PresenceChange, PresenceStore, PresenceTable,
+    SEQ_FIELD,
+};
+use crate::error::BrokerError;
+
+impl RedisBroker {
+    fn table_key(&self, worker: &str) -> String {
+        format!("{}switchboard:presence:{worker}", self.prefix)
+    }
+
+    fn workers_key(&self) -> String {
+        format!("{}switchboard:presence:workers", self.prefix)
+    }
+
+    fn group_key(&self, group: &str) -> String {
+        format!("{}switchboard:presence:group:{group}", self.prefix)
+    }
+
+    fn feed_channel(&self, feed: &Feed) -> String {
+        format!("{}{}", self.prefix, feed.channel)
+    }
+
+    /// Runs `f` on the publishing connection within the publish timeout; a connection that fails
+    /// or times out is replaced before the next use.
+    async fn on_connection<T, F, Fut>(&self, f: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        self.check_config()?;
+        let run = async {
+            let (generation, conn) = self
+                .publisher
+                .get(&self.client, self.publish_timeout)
+                .await
+                .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
+            f(conn).await.map_err(|e| {
+                if e.is_unrecoverable_error() || e.is_io_error() || e.is_connection_dropped() {
+                    self.publisher.discard(generation);
+                }
+                classify(&e, &self.url, self.publish_timeout)
+            })
+        };
+        match tokio::time::timeout(self.publish_timeout, run).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.publisher.discard_all();
+                Err(BrokerError::Timeout(self.publish_timeout))
+            }
+        }
+    }
+
+    async fn query<T: FromRedisValue + Send>(&self, pipe: Pipeline) -> Result<T, BrokerError> {
+        let pipe = Arc::new(pipe);
+        self.on_connection(move |mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl PresenceStore for RedisBroker {
+    fn write(
+        &self,
+        worker: &str,
+        changes: Vec<PresenceChange>,
+        seq: u64,
+        ttl: Duration,
+        feed: Feed,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let key = self.table_key(worker);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut puts: Vec<(String, Vec<u8>)> = vec![(SEQ_FIELD.to_owned(), seq.to_string().into())];
+        let mut removes = Vec::new();
+        for change in changes {
+            match change {
+                PresenceChange::Put { id, record } => puts.push((id, record.to_vec())),
+                PresenceChange::Remove { id } => removes.push(id),
+            }
+        }
+        if !removes.is_empty() {
+            pipe.hdel(&key, removes).ignore();
+        }
+        pipe.hset_multiple(&key, &puts).ignore();
+        pipe.pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
+            .ignore();
+        pipe.sadd(self.workers_key(), worker).ignore();
+        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
+            .ignore();
+        Box::pin(async move { self.query::<()>(pipe).await })
+    }
+
+    fn replace(
+        &self,
+        worker: &str,
+        records: Vec<(String, Bytes)>,
+        seq: u64,
+        ttl: Duration,
+        feed: Feed,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let key = self.table_key(worker);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.del(&key).ignore();
+        let mut fields: Vec<(String, Vec<u8>)> =
+            vec![(SEQ_FIELD.to_owned(), seq.to_string().into())];
+        fields.extend(records.into_iter().map(|(id, r)| (id, r.to_vec())));
+        pipe.hset_multiple(&key, &fields).ignore();
+        pipe.pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
+            .ignore();
+        pipe.sadd(self.workers_key(), worker).ignore();
+        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
+            .ignore();
+        Box::pin(async move { self.query::<()>(pipe).await })
+    }
+
+    fn renew(
+        &self,
+        worker: &str,
+        ttl: Duration,
+        feed: Feed,
+    ) -> BoxFuture<'_, Result<bool, BrokerError>> {
+        let key = self.table_key(worker);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX));
+        pipe.sadd(self.workers_key(), worker).ignore();
+        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
+            .ignore();
+        Box::pin(async move {
+            let (renewed,): (bool,) = self.query(pipe).await?;
+            Ok(renewed)
+        })
+    }
+
+    fn read(&self, worker: &str) -> BoxFuture<'_, Result<Option<PresenceTable>, BrokerError>> {
+        let mut pipe = redis::pipe();
+        pipe.hgetall(self.table_key(worker));
+        let worker = worker.to_owned();
+        Box::pin(async move {
+            let (fields,): (BTreeMap<String, Vec<u8>>,) = self.query(pipe).await?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            let mut table = PresenceTable::default();
+            for (field, value) in fields {
+                if field == SEQ_FIELD {
+                    table.seq = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                } else if !field.starts_with('~') {
+                    table.records.insert(field, Bytes::from(value));
+                }
+            }
+            tracing::trace!(
+                worker,
+                records = table.records.len(),
+                seq = table.seq,
+                "presence table read"
+            );
+            Ok(Some(table))
+        })
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
+        let mut pipe = redis::pipe();
+        pipe.smembers(self.workers_key());
+        Box::pin(async move {
+            let (workers,): (Vec<String>,) = self.query(pipe).await?;
+            Ok(workers)
+        })
+    }
+
+    fn remove(&self, worker: &str, feed: Feed) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.del(self.table_key(worker)).ignore();
+        pipe.srem(self.workers_key(), worker).ignore();
+        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
+            .ignore();
+        Box::pin(async move { self.query::<()>(pipe).await })
+    }
+
+    fn enter(
+        &self,
+        group: &str,
+        member: GroupMember,
+    ) -> BoxFuture<'_, Result<Vec<GroupMember>, BrokerError>> {
+        let key = self.group_key(group);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.rpush(&key, encode_member(&member)).ignore();
+        pipe.lrange(&key, 0, -1);
+        Box::pin(async move {
+            let (listed,): (Vec<String>,) = self.query(pipe).await?;
+            let members: Vec<GroupMember> =
+                listed.iter().filter_map(|m| decode_member(m)).collect();
+            // Which of the other workers still have a table.
+            let mut others: Vec<String> = members
+                .iter()
+                .filter(|m| m.worker != member.worker)
+                .map(|m| m.worker.clone())
+                .collect();
+            others.sort_unstable();
+            others.dedup();
+            if others.is_empty() {
+                return Ok(members);
+            }
+            let mut check = redis::pipe();
+            for w in &others {
+                check.exists(self.table_key(w));
+            }
+            let alive: Vec<bool> = self.query(check).await?;
+            let dead: Vec<String> = others
+                .into_iter()
+                .zip(alive)
+                .filter(|(_, alive)| !alive)
+                .map(|(w, _)| w)
+                .collect();
+            if dead.is_empty() {
+                return Ok(members);
+            }
+            let (kept, gone): (Vec<GroupMember>, Vec<GroupMember>) =
+                members.into_iter().partition(|m| !dead.contains(&m.worker));
+            let mut clean = redis::pipe();
+            for m in &gone {
+                clean.lrem(&key, 0, encode_member(m)).ignore();
+            }
+            self.query::<()>(clean).await?;
+            Ok(kept)
+        })
+    }
+
+    fn leave(&self, group: &str, member: GroupMember) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let mut pipe = redis::pipe();
+        pipe.lrem(self.group_key(group), 0, encode_member(&member))
+            .ignore();
+        Box::pin(async move { self.query::<()>(pipe).await })
+    }
+}

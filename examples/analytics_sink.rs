@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, QueryBuilder, Row};
+use sqlx::{AnyPool, Row};
 use switchboard::prelude::*;
 use switchboard::BoxError;
 use tokio::sync::mpsc;
@@ -45,6 +45,33 @@ pub struct StoredEvent {
 pub struct AnalyticsStore {
     pool: AnyPool,
     queue: mpsc::Sender<StoredEvent>,
+}
+
+/// How the database spells a bind parameter. sqlx's `Any` driver writes `?` whatever the
+/// database (sqlx issue #3000), which Postgres refuses (`42601 syntax error`): the statement is
+/// written with `$1, $2, ...` for Postgres and `?` for SQLite.
+#[derive(Debug, Clone, Copy)]
+enum Placeholders {
+    Numbered,
+    Question,
+}
+
+impl Placeholders {
+    fn of(url: &str) -> Self {
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Self::Numbered
+        } else {
+            Self::Question
+        }
+    }
+
+    /// The placeholder of the `n`th parameter (from 1).
+    fn nth(self, n: usize) -> String {
+        match self {
+            Self::Numbered => format!("${n}"),
+            Self::Question => "?".to_owned(),
+        }
+    }
 }
 
 impl AnalyticsStore {
@@ -74,7 +101,12 @@ impl AnalyticsStore {
         .execute(&pool)
         .await?;
         let (queue, events) = mpsc::channel(100_000);
-        tokio::spawn(write(pool.clone(), events, batch.max(1)));
+        tokio::spawn(write(
+            pool.clone(),
+            Placeholders::of(url),
+            events,
+            batch.max(1),
+        ));
         Ok(Self { pool, queue })
     }
 
@@ -110,7 +142,12 @@ impl AnalyticsStore {
 }
 
 /// The writer: takes what is queued (up to `batch` at a time) and inserts it.
-async fn write(pool: AnyPool, mut events: mpsc::Receiver<StoredEvent>, batch: usize) {
+async fn write(
+    pool: AnyPool,
+    placeholders: Placeholders,
+    mut events: mpsc::Receiver<StoredEvent>,
+    batch: usize,
+) {
     let mut buffer = Vec::with_capacity(batch);
     loop {
         if events.recv_many(&mut buffer, batch).await == 0 {
@@ -128,10 +165,10 @@ async fn write(pool: AnyPool, mut events: mpsc::Receiver<StoredEvent>, batch: us
                 }
             }
         }
-        if let Err(error) = insert(&pool, &buffer).await {
+        if let Err(error) = insert(&pool, placeholders, &buffer).await {
             tracing::warn!(%error, rows = buffer.len(), "batch insert failed; inserting row by row");
             for event in &buffer {
-                if let Err(error) = insert(&pool, std::slice::from_ref(event)).await {
+                if let Err(error) = insert(&pool, placeholders, std::slice::from_ref(event)).await {
                     tracing::error!(%error, channel = %event.channel, "analytics event not stored");
                 }
             }
@@ -140,18 +177,35 @@ async fn write(pool: AnyPool, mut events: mpsc::Receiver<StoredEvent>, batch: us
     }
 }
 
-async fn insert(pool: &AnyPool, events: &[StoredEvent]) -> Result<(), sqlx::Error> {
-    let mut insert = QueryBuilder::new(
-        "INSERT INTO analytics_events (channel, user_id, payload, worker_id, received_at_ms) ",
+/// One `INSERT` of `events` (five parameters per row).
+async fn insert(
+    pool: &AnyPool,
+    placeholders: Placeholders,
+    events: &[StoredEvent],
+) -> Result<(), sqlx::Error> {
+    let mut sql = String::from(
+        "INSERT INTO analytics_events (channel, user_id, payload, worker_id, received_at_ms) VALUES ",
     );
-    insert.push_values(events, |mut row, event| {
-        row.push_bind(event.channel.clone())
-            .push_bind(event.user_id.clone())
-            .push_bind(event.payload.clone())
-            .push_bind(event.worker_id.clone())
-            .push_bind(event.received_at_ms);
-    });
-    insert.build().execute(pool).await?;
+    for row in 0..events.len() {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        let params: Vec<String> = (1..=5).map(|c| placeholders.nth(row * 5 + c)).collect();
+        sql.push('(');
+        sql.push_str(&params.join(", "));
+        sql.push(')');
+    }
+    // Only placeholders are formatted into the statement; every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for event in events {
+        query = query
+            .bind(event.channel.clone())
+            .bind(event.user_id.clone())
+            .bind(event.payload.clone())
+            .bind(event.worker_id.clone())
+            .bind(event.received_at_ms);
+    }
+    query.execute(pool).await?;
     Ok(())
 }
 

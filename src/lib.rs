@@ -85,6 +85,10 @@
 #[doc(inline)]
 pub use subscriber_runtime::*;
 
+/// The JSON library handlers' messages and frames are made of, re-exported so that an application
+/// uses the very version Switchboard does (`switchboard::serde_json::json!`) without declaring it.
+pub use serde_json;
+
 #[cfg(feature = "server")]
 #[doc(inline)]
 pub use subscriber_server::{

@@ -211,6 +211,12 @@ async fn attribute_state_and_missing_state() {
         err,
         Error::Build(BuildError::MissingState { ref handler, .. }) if handler == "attr_needs_db"
     ));
+    // The error says where the handler is.
+    let text = err.to_string();
+    assert!(
+        text.contains("defined at tests/attribute.rs:"),
+        "the error names the handler's file and line: {text}"
+    );
     let app = TestApp::start(
         Switchboard::builder()
             .only(["attr_needs_db"])

@@ -62,6 +62,17 @@ impl Bus {
     }
 }
 
+/// Logs at `info` (the presence writer's and reader's decisions), shown for a failing test.
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,subscriber_server=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 fn config() -> WebSocketConfig {
     WebSocketConfig::default().jwt_secret(JwtSecret::raw(SECRET))
 }
@@ -261,6 +272,7 @@ enum Outage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_left_during_a_redis_outage_are_gone_soon_after_it() {
+    init_tracing();
     let (bus, mut outage) = match RedisServer::find_binary() {
         Some(binary) => {
             let server = RedisServer::start(binary, redis_server::free_port()).await;
@@ -346,10 +358,14 @@ async fn sends_to_a_client_and_to_a_user_on_another_worker_arrive_once() {
             .unwrap(),
         3
     );
-    // A marker after both: whatever a client reads before it, it received before the marker.
-    ws.send_message_to_all(Outgoing::new("test", "marker", 0))
-        .await
-        .unwrap();
+    // A marker after both, on the same path (the owning worker's channel, one lane there):
+    // whatever a client reads before it, it received before the marker.
+    for client in [&on_b, &also_on_b, &on_a, &other] {
+        assert!(ws
+            .send_to_client(client.id(), Outgoing::new("test", "marker", 0))
+            .await
+            .unwrap());
+    }
     assert_eq!(read_until_marker(&mut on_b).await, ["one", "all"]);
     assert_eq!(read_until_marker(&mut also_on_b).await, ["all"]);
     assert_eq!(read_until_marker(&mut on_a).await, ["all"]);

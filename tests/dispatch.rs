@@ -425,7 +425,9 @@ fn missing_state_fails_build() {
         .build()
         .unwrap_err();
     match &err {
-        Error::Build(BuildError::MissingState { handler, type_name }) => {
+        Error::Build(BuildError::MissingState {
+            handler, type_name, ..
+        }) => {
             assert_eq!(handler, "needs_db");
             assert!(type_name.ends_with("Db"));
         }

@@ -250,10 +250,53 @@ async fn job_notifications_through_redis() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Use case 3: analytics into SQLite.
+// Use case 3: analytics into SQLite, and into Postgres.
+
+/// A fresh Postgres database for one test on the server at `TEST_POSTGRES_URL` (`.ci/run` starts
+/// one and sets it). Without it the test is skipped (said on stderr), unless
+/// `SWITCHBOARD_REQUIRE_POSTGRES` is set, as in CI.
+async fn postgres_database() -> Option<String> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let Some(base) = std::env::var("TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        assert!(
+            std::env::var_os("SWITCHBOARD_REQUIRE_POSTGRES").is_none(),
+            "SWITCHBOARD_REQUIRE_POSTGRES is set but TEST_POSTGRES_URL is not"
+        );
+        eprintln!("SKIPPED: the Postgres analytics test needs TEST_POSTGRES_URL (postgres://...)");
+        return None;
+    };
+    let name = format!(
+        "switchboard_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("TEST_POSTGRES_URL accepts connections");
+    // The name is made of digits and a fixed prefix.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let (server, _) = base
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit_once('/')
+        .expect("a URL with a database path");
+    Some(format!("{server}/{name}"))
+}
 
 async fn analytics_events_land_in_sqlite(bus: Bus, batch: usize) {
-    let store = analytics_sink::AnalyticsStore::open("sqlite::memory:", batch)
+    analytics_events_land_in("sqlite::memory:", bus, batch).await;
+}
+
+async fn analytics_events_land_in(database: &str, bus: Bus, batch: usize) {
+    let store = analytics_sink::AnalyticsStore::open(database, batch)
         .await
         .unwrap();
     let sink = bus
@@ -338,4 +381,18 @@ async fn analytics_in_process_one_row_per_insert() {
 #[tokio::test]
 async fn analytics_through_redis_batched() {
     analytics_events_land_in_sqlite(Bus::redis().await, 500).await;
+}
+
+#[tokio::test]
+async fn analytics_into_postgres_one_row_per_insert() {
+    if let Some(database) = postgres_database().await {
+        analytics_events_land_in(&database, Bus::memory(), 1).await;
+    }
+}
+
+#[tokio::test]
+async fn analytics_into_postgres_batched_through_redis() {
+    if let Some(database) = postgres_database().await {
+        analytics_events_land_in(&database, Bus::redis().await, 500).await;
+    }
 }

@@ -26,6 +26,11 @@ impl fmt::Display for Location {
     }
 }
 
+/// ` (defined at <location>)`, or nothing.
+fn at(location: Option<&Location>) -> String {
+    location.map_or_else(String::new, |l| format!(" (defined at {l})"))
+}
+
 /// Why `build()` refused the set of handlers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -41,16 +46,18 @@ pub enum BuildError {
         second: Box<Location>,
     },
     /// A handler takes `State<T>` but no `T` was provided.
-    #[error("subscriber handler `{handler}` takes `State<{type_name}>`, but no state of that type was provided: add `.state(value)` with a `{type_name}` to the builder")]
+    #[error("subscriber handler `{handler}`{} takes `State<{type_name}>`, but no state of that type was provided: add `.state(value)` with a `{type_name}` to the builder", at(.defined_at.as_deref()))]
     MissingState {
         /// The handler's name.
         handler: String,
         /// The missing type.
         type_name: &'static str,
+        /// Where the handler is defined, when known.
+        defined_at: Option<Box<Location>>,
     },
     /// A handler takes something a plugin provides, and the application has no such plugin.
     #[error(
-        "handler `{handler}` takes `{type_name}`, which the application does not provide: {fix}"
+        "handler `{handler}`{} takes `{type_name}`, which the application does not provide: {fix}", at(.defined_at.as_deref())
     )]
     MissingProvided {
         /// The handler's name.
@@ -59,6 +66,8 @@ pub enum BuildError {
         type_name: &'static str,
         /// What to do.
         fix: &'static str,
+        /// Where the handler is defined, when known.
+        defined_at: Option<Box<Location>>,
     },
     /// A matcher is malformed.
     #[error("subscriber handler `{handler}` has an invalid matcher {matcher}: {reason}")]

@@ -192,9 +192,9 @@ async fn read_loop(
                         awaiting_close = false;
                         break;
                     }
-                    Some(Ok(Message::Text(text))) => Box::pin(on_text(shared, ws, conn, text.as_str())).await,
+                    Some(Ok(Message::Text(text))) => Box::pin(on_text(&shared.resources, ws, conn, text.as_str())).await,
                     Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                        Ok(text) => Box::pin(on_text(shared, ws, conn, text)).await,
+                        Ok(text) => Box::pin(on_text(&shared.resources, ws, conn, text)).await,
                         Err(_) => {
                             conn.touch(ws.now_ms());
                             Counters::inc(&inner.counters.client_messages);
@@ -252,7 +252,12 @@ async fn read_loop(
 }
 
 /// One text message from a client: parse, check, hook, route.
-async fn on_text(shared: &Arc<Serving>, ws: &WebSocket, conn: &Arc<Conn>, text: &str) {
+pub(crate) async fn on_text(
+    resources: &Arc<subscriber_runtime::Resources>,
+    ws: &WebSocket,
+    conn: &Arc<Conn>,
+    text: &str,
+) {
     let inner = &ws.inner;
     conn.touch(ws.now_ms());
     Counters::inc(&inner.counters.client_messages);
@@ -312,7 +317,7 @@ async fn on_text(shared: &Arc<Serving>, ws: &WebSocket, conn: &Arc<Conn>, text: 
                     kind: kind.into(),
                     action: action.into(),
                     data: Arc::new(data),
-                    resources: shared.resources.clone(),
+                    resources: resources.clone(),
                 };
                 // Beside the reader, within the client's bound: the reader waits only when every
                 // place is taken.

@@ -358,6 +358,23 @@ impl WebSocket {
         (id, LocalReceiver { conn })
     }
 
+    /// Handles `text` as a frame sent by the in-process client `id` (the test kit's), as the
+    /// connection's reader would: system actions at once, a route's handler spawned. False when
+    /// the client is not connected here. Not public API.
+    #[doc(hidden)]
+    pub async fn push_local(
+        &self,
+        resources: &Arc<subscriber_runtime::Resources>,
+        id: &ClientId,
+        text: &str,
+    ) -> bool {
+        let Some(conn) = self.read().local.get(id).cloned() else {
+            return false;
+        };
+        crate::connection::on_text(resources, self, &conn, text).await;
+        true
+    }
+
     /// Removes an in-process client. Not public API.
     #[doc(hidden)]
     pub fn detach_local(&self, id: &ClientId) {

@@ -122,10 +122,10 @@ impl Plugin for WebSocketServer {
         Ok(())
     }
 
-    fn start(&mut self, _resources: &Arc<Resources>, stop: CancellationToken) {
+    fn start(&mut self, resources: &Arc<Resources>, stop: CancellationToken) {
         if let Some(ws) = &self.handle {
             ws.inner.metrics.spawn_upkeep(stop.clone());
-            tokio::spawn(ws.clone().run_presence_reader(stop));
+            tokio::spawn(ws.clone().run_presence_reader(resources.clone(), stop));
             let finish_writer = CancellationToken::new();
             self.presence = Some((
                 tokio::spawn(ws.clone().run_presence_writer(finish_writer.clone())),

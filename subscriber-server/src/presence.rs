@@ -43,6 +43,9 @@ pub(crate) fn worker_channel(worker: &str) -> String {
     format!("switchboard.worker.{worker}")
 }
 
+/// The most changes a feed message carries; a larger batch makes the others read the table.
+const MAX_FEED_CHANGES: usize = 256;
+
 /// How often silent workers are looked for.
 const SWEEP: Duration = Duration::from_millis(250);
 
@@ -183,7 +186,7 @@ impl WebSocket {
                 || (tokio::time::Instant::now() >= next_heartbeat
                     && self.renew_table(&*store, &worker).await);
             if tokio::time::Instant::now() >= next_heartbeat {
-                next_heartbeat += self.presence().heartbeat_interval();
+                next_heartbeat = tokio::time::Instant::now() + self.presence().heartbeat_interval();
             }
             let wake_at = if failed {
                 tokio::time::Instant::now() + RETRY
@@ -256,11 +259,22 @@ impl WebSocket {
             }
         }
         let seq = self.presence().seq.load(Ordering::SeqCst) + 1;
-        let message = FeedMessage {
-            worker: worker.to_owned(),
-            seq,
-            kind: Kind::Changes,
-            changes: published,
+        // A large batch (a burst of connects) is not copied into the feed: the others read the
+        // table instead, as after a replacement.
+        let message = if published.len() > MAX_FEED_CHANGES {
+            FeedMessage {
+                worker: worker.to_owned(),
+                seq,
+                kind: Kind::Replaced,
+                changes: Vec::new(),
+            }
+        } else {
+            FeedMessage {
+                worker: worker.to_owned(),
+                seq,
+                kind: Kind::Changes,
+                changes: published,
+            }
         };
         match store
             .write(worker, changes, seq, self.presence().ttl, feed(&message))
@@ -359,38 +373,63 @@ impl WebSocket {
         }
     }
 
+    /// Reads every worker's table: the workers listed in the store, and those this worker knows.
+    /// False when the store could not list them.
+    async fn sync_all(&self, store: &dyn PresenceStore) -> bool {
+        match store.workers().await {
+            Ok(listed) => {
+                let mut workers: HashSet<Arc<str>> =
+                    listed.iter().map(|w| Arc::from(w.as_str())).collect();
+                workers.extend(self.read().remotes.keys().cloned());
+                for worker in workers {
+                    if *worker != *self.inner.worker_id {
+                        self.resync(worker, None);
+                    }
+                }
+                true
+            }
+            Err(error) => {
+                self.presence().warn("listing the workers failed", &error);
+                false
+            }
+        }
+    }
+
     /// Learns every worker that has a table (at start, so that a worker started later sees the
-    /// cluster at once), then drops the workers not heard from for the TTL.
-    pub(crate) async fn run_presence_reader(self, stop: CancellationToken) {
+    /// cluster at once, and again each time the broker's subscription comes back, since feed
+    /// messages were lost meanwhile), then drops the workers not heard from for the TTL.
+    pub(crate) async fn run_presence_reader(
+        self,
+        resources: Arc<subscriber_runtime::Resources>,
+        stop: CancellationToken,
+    ) {
         let Some(store) = self.presence().store.clone() else {
             return;
         };
-        loop {
-            match store.workers().await {
-                Ok(workers) => {
-                    for worker in workers {
-                        if *worker != *self.inner.worker_id {
-                            self.resync(Arc::from(worker.as_str()), None);
-                        }
-                    }
-                    break;
-                }
-                Err(error) => self.presence().warn("listing the workers failed", &error),
-            }
+        let mut reconnects = resources.stats().reconnects;
+        while !self.sync_all(&*store).await {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(RETRY) => {}
             }
         }
-        // Checked every SWEEP and dropped one SWEEP early, so that a silent worker is gone at
-        // most the TTL after it was last heard from.
+        // Checked every SWEEP and dropped a tenth of the TTL early (at 9 s of silence for the
+        // default 10 s, after three missed heartbeats), so that a silent worker is gone at most
+        // the TTL after its last heartbeat, delivery delays and this sweep's period included.
         let mut tick = tokio::time::interval(SWEEP);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let ttl = self.presence().ttl.saturating_sub(SWEEP);
+            let now = resources.stats().reconnects;
+            if now != reconnects {
+                reconnects = now;
+                tracing::debug!(worker_id = %self.inner.worker_id, "broker subscription back: reading every worker's presence table");
+                let (ws, store) = (self.clone(), store.clone());
+                tokio::spawn(async move { ws.sync_all(&*store).await });
+            }
+            let ttl = self.presence().ttl - (self.presence().ttl / 10).max(SWEEP);
             let mut state = self.write();
             let silent: Vec<Arc<str>> = state
                 .remotes

@@ -129,6 +129,10 @@ impl Broker for Recording {
     fn kind(&self) -> &'static str {
         "memory"
     }
+
+    fn presence(&self) -> Option<Arc<dyn subscriber_runtime::broker::PresenceStore>> {
+        self.inner.presence()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -255,12 +259,64 @@ impl TestApp {
         lock(&self.published).clone()
     }
 
+    /// The messages published on `channel` so far, in order (see [`published`](Self::published)).
+    pub fn published_on(&self, channel: &str) -> Vec<Value> {
+        lock(&self.published)
+            .iter()
+            .filter(|p| p.channel == channel)
+            .map(|p| p.message.clone())
+            .collect()
+    }
+
+    /// Asserts that something was published on `channel` and returns the last such message
+    /// (envelope fields included).
+    ///
+    /// ```
+    /// # use switchboard::prelude::*;
+    /// # use switchboard::testing::TestApp;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), switchboard::Error> {
+    /// let app = TestApp::start(Switchboard::builder().without_linked_handlers().subscriber(
+    ///     Subscriber::channels(["orders"]).name("ack").handle(
+    ///         |Message(m): Message, publisher: Publisher| async move {
+    ///             publisher.publish("orders:ack", &serde_json::json!({"id": m["id"]})).await
+    ///         },
+    ///     ),
+    /// ))
+    /// .await?;
+    /// app.publish("orders", &serde_json::json!({"id": 7})).await?;
+    /// assert_eq!(app.assert_published("orders:ack")["id"], 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    /// When nothing was published on `channel`, listing what was.
+    #[track_caller]
+    pub fn assert_published(&self, channel: &str) -> Value {
+        match self.published_on(channel).pop() {
+            Some(message) => message,
+            None => panic!(
+                "nothing was published on `{channel}`; published: {:?}",
+                lock(&self.published)
+                    .iter()
+                    .map(|p| p.channel.as_str())
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+
     /// Connects a test WebSocket client to this worker.
     #[cfg(feature = "server")]
     pub fn connect_client(&self) -> TestClient {
         let websocket = self.running.websocket();
         let (id, rx) = websocket.attach_local(1024);
-        TestClient { id, rx, websocket }
+        TestClient {
+            id,
+            rx,
+            websocket,
+            resources: self.running.resources().clone(),
+        }
     }
 
     /// The shared bus, to start more workers on it.
@@ -296,7 +352,16 @@ pub struct TestClient {
     id: ClientId,
     rx: LocalReceiver,
     websocket: WebSocket,
+    resources: Arc<subscriber_runtime::Resources>,
 }
+
+/// How long [`TestClient::assert_push`] and [`TestClient::assert_reply`] wait for their frame.
+#[cfg(feature = "server")]
+pub const ASSERT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long [`TestClient::refute_push`] watches for the frame it must not see.
+#[cfg(feature = "server")]
+pub const REFUTE_TIMEOUT: Duration = Duration::from_millis(100);
 
 #[cfg(feature = "server")]
 impl Drop for TestClient {
@@ -318,12 +383,116 @@ impl TestClient {
         Some(serde_json::from_str(frame.as_str()).expect("frames are JSON"))
     }
 
-    /// Every frame already received, parsed.
+    /// Every frame already received, parsed. A local send (`broadcast_*`) is queued before it
+    /// returns, so its frame is here at once.
     pub fn received(&mut self) -> Vec<Value> {
         let mut out = Vec::new();
         while let Ok(frame) = self.rx.try_recv() {
             out.push(serde_json::from_str(frame.as_str()).expect("frames are JSON"));
         }
         out
+    }
+
+    /// Sends the frame `{"type": kind, "action": action, "data": data}` as this client, as if it
+    /// had come over its socket: the `on_message` hooks run, `system` actions are answered, a
+    /// client route's handler starts. Its reply comes back like any frame
+    /// ([`assert_reply`](Self::assert_reply)).
+    ///
+    /// ```
+    /// # use switchboard::prelude::*;
+    /// # use switchboard::testing::TestApp;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), switchboard::Error> {
+    /// let app = TestApp::start(Switchboard::builder().without_linked_handlers().route(
+    ///     "hello", "greet",
+    ///     |Data(name): Data<String>| async move { serde_json::json!({"hi": name}) },
+    /// ))
+    /// .await?;
+    /// let mut client = app.connect_client();
+    /// client.push("hello", "greet", serde_json::json!("Ada")).await;
+    /// assert_eq!(client.assert_reply("hello", "greet").await["hi"], "Ada");
+    /// client.push("system", "joinRoom", serde_json::json!({"roomName": "lobby"})).await;
+    /// assert_eq!(client.assert_reply("system", "joinRoom").await["success"], true);
+    /// client.refute_push("hello", "greet").await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn push(&mut self, kind: &str, action: &str, data: impl Serialize) {
+        let frame = serde_json::json!({
+            "type": kind,
+            "action": action,
+            "data": serde_json::to_value(data).unwrap_or(Value::Null),
+        });
+        self.push_text(&frame.to_string()).await;
+    }
+
+    /// Sends any text as this client (a malformed frame, for a test of the error frames).
+    pub async fn push_text(&mut self, text: &str) {
+        let pushed = self
+            .websocket
+            .push_local(&self.resources, &self.id, text)
+            .await;
+        assert!(pushed, "the test client {} is not connected", self.id);
+    }
+
+    /// Waits (up to [`ASSERT_TIMEOUT`]) for the frame `{"type": kind, "action": action, ...}`
+    /// and returns its `data`. Frames before it are skipped.
+    ///
+    /// # Panics
+    /// When no such frame arrives in time, listing the frames that did.
+    pub async fn assert_push(&mut self, kind: &str, action: &str) -> Value {
+        let frame = self.expect(kind, action, "a push").await;
+        frame.get("data").cloned().unwrap_or(Value::Null)
+    }
+
+    /// Waits (up to [`ASSERT_TIMEOUT`]) for the reply `{"type": kind, "action": action,
+    /// "response": ...}` to a pushed frame and returns its `response`. Frames before it are
+    /// skipped.
+    ///
+    /// # Panics
+    /// When no such reply arrives in time, listing the frames that did.
+    pub async fn assert_reply(&mut self, kind: &str, action: &str) -> Value {
+        let frame = self.expect(kind, action, "a reply").await;
+        match frame.get("response") {
+            Some(response) => response.clone(),
+            None => panic!("expected a reply to {kind}:{action}, got the push {frame}"),
+        }
+    }
+
+    /// Asserts that no frame `{"type": kind, "action": action, ...}` arrives within
+    /// [`REFUTE_TIMEOUT`] (frames already received count). Other frames are consumed.
+    ///
+    /// # Panics
+    /// When such a frame arrives.
+    pub async fn refute_push(&mut self, kind: &str, action: &str) {
+        let deadline = tokio::time::Instant::now() + REFUTE_TIMEOUT;
+        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            let frame: Value = serde_json::from_str(frame.as_str()).expect("frames are JSON");
+            assert!(
+                !(frame["type"] == kind && frame["action"] == action),
+                "expected no {kind}:{action} frame, got {frame}"
+            );
+        }
+    }
+
+    async fn expect(&mut self, kind: &str, action: &str, what: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + ASSERT_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(frame)) => {
+                    let frame: Value =
+                        serde_json::from_str(frame.as_str()).expect("frames are JSON");
+                    if frame["type"] == kind && frame["action"] == action {
+                        return frame;
+                    }
+                    seen.push(frame);
+                }
+                Ok(None) => panic!("expected {what} {kind}:{action}, but the client was closed; frames: {seen:?}"),
+                Err(_) => panic!(
+                    "expected {what} {kind}:{action} within {ASSERT_TIMEOUT:?}; frames received: {seen:?}"
+                ),
+            }
+        }
     }
 }

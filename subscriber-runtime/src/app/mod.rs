@@ -307,7 +307,7 @@ impl Builder {
             })?;
         }
         for (handler, requirements) in &checks {
-            requirements.check(handler, &self.states)?;
+            requirements.check(handler, None, &self.states)?;
         }
         self.listen.extend(plugin_listen);
         let mut entries = registry::build_internal(internal)?;
@@ -373,6 +373,7 @@ impl Builder {
         let shared = Arc::new(Resources {
             states: self.states,
             publisher,
+            counters: counters.clone(),
         });
         let config = DispatchConfig {
             limits: self.limits,

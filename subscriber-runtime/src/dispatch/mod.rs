@@ -195,7 +195,16 @@ impl Dispatcher {
         } = item;
         let route = self.router.route(&channel);
         route.received.increment(1);
-        let parsed = match envelope::parse(&payload, &self.config.limits) {
+        // The framework's internal channels carry its own messages, whose size does not depend on
+        // the application's payloads: they are held to the default limits, whatever the
+        // application chose for its own.
+        let internal_limits = PayloadLimits::default();
+        let limits = if crate::message::event::is_internal(&channel) {
+            &internal_limits
+        } else {
+            &self.config.limits
+        };
+        let parsed = match envelope::parse(&payload, limits) {
             Ok(parsed) => parsed,
             Err(error) => {
                 Counters::inc(&self.counters.invalid_payloads);
@@ -218,6 +227,13 @@ impl Dispatcher {
             }
         };
         if parsed.is_own(&self.config.worker_id) {
+            // The framework's own plumbing (a plugin's feed on an internal channel) comes back to
+            // its sender too: dropped without a count, so that `skipped_own` counts application
+            // messages only.
+            if crate::message::event::is_internal(&channel) {
+                self.in_flight.finish();
+                return;
+            }
             Counters::inc(&self.counters.skipped_own);
             self.counters.metrics.skipped_own.increment(1);
             self.observe(|| DispatchEvent::SkippedOwn {

@@ -310,7 +310,8 @@ pub(crate) fn build(
                 handler: c.info.name.to_string(),
             });
         }
-        c.requirements.check(&c.info.name, states)?;
+        c.requirements
+            .check(&c.info.name, Some(&c.info.location()), states)?;
         let matchers = c
             .kinds
             .into_iter()

@@ -64,9 +64,17 @@ impl fmt::Debug for StateMap {
 pub struct Resources {
     pub(crate) states: StateMap,
     pub(crate) publisher: Publisher,
+    pub(crate) counters: Arc<crate::observe::stats::Counters>,
 }
 
 impl Resources {
+    /// The runtime's counters now (as [`Running::stats`](crate::Running::stats)): a plugin reads
+    /// [`Stats::reconnects`](crate::Stats::reconnects) to learn that the broker's subscription
+    /// came back.
+    pub fn stats(&self) -> crate::Stats {
+        self.counters.snapshot()
+    }
+
     /// The state of type `T` the application (or a plugin) provided, if any.
     pub fn state<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
         self.states.get::<T>()

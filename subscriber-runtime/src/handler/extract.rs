@@ -304,13 +304,16 @@ impl Requirements {
     pub(crate) fn check(
         &self,
         handler: &str,
+        defined_at: Option<&crate::error::Location>,
         states: &crate::handler::context::StateMap,
     ) -> Result<(), crate::error::BuildError> {
+        let defined_at = || defined_at.filter(|l| l.line > 0).cloned().map(Box::new);
         for (id, type_name) in &self.states {
             if !states.contains(*id) {
                 return Err(crate::error::BuildError::MissingState {
                     handler: handler.to_owned(),
                     type_name,
+                    defined_at: defined_at(),
                 });
             }
         }
@@ -320,6 +323,7 @@ impl Requirements {
                     handler: handler.to_owned(),
                     type_name,
                     fix,
+                    defined_at: defined_at(),
                 });
             }
         }

@@ -116,7 +116,10 @@ async fn a_burst_of_connects_reaches_the_other_worker() {
     }
     drop(clients);
     while ws_b.cluster_client_count() != 0 {
-        assert!(start.elapsed() < Duration::from_secs(10), "b still lists clients");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "b still lists clients"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

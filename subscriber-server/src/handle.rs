@@ -295,7 +295,7 @@ impl WebSocket {
         };
         {
             let mut state = self.write();
-            state.clients.insert(id.clone(), entry);
+            state.insert(id.clone(), entry);
             state.local.insert(id.clone(), conn);
         }
         self.inner.presence.touch(&id);
@@ -308,15 +308,10 @@ impl WebSocket {
         removed
     }
 
-    /// The clients of the cluster authenticated as `user` (ids compare as text).
+    /// The clients of the cluster authenticated as `user` (ids compare as text), from an index:
+    /// no scan of the cluster's clients.
     pub fn clients_of_user(&self, user: impl fmt::Display) -> Vec<ClientId> {
-        let user = user.to_string();
-        self.read()
-            .clients
-            .iter()
-            .filter(|(_, e)| e.user.as_ref().is_some_and(|u| u.id().as_str() == user))
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.read().clients_of(&user.to_string()).cloned().collect()
     }
 
     /// Attaches `metadata` to a client of this worker (replacing what was there); every worker

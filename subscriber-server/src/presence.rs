@@ -569,10 +569,10 @@ impl WebSocket {
             return Ok(None);
         };
         let local_count = || {
-            self.read()
-                .local
-                .values()
-                .filter(|c| c.client.user_id() == Some(user))
+            let state = self.read();
+            state
+                .clients_of(user.as_str())
+                .filter(|id| state.local.contains_key(*id))
                 .count()
         };
         let Some(store) = self.presence().store.clone() else {

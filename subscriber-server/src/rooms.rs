@@ -62,11 +62,42 @@ pub(crate) struct State {
     pub(crate) local: HashMap<ClientId, Arc<Conn>>,
     pub(crate) rooms: HashMap<Arc<str>, HashMap<ClientId, Option<Arc<Conn>>>>,
     pub(crate) remotes: HashMap<Arc<str>, Remote>,
+    /// The clients of each authenticated user, cluster-wide.
+    pub(crate) users: HashMap<Arc<str>, HashSet<ClientId>>,
 }
 
 impl State {
+    /// Lists a client (replacing what was listed under its id).
+    pub(crate) fn insert(&mut self, id: ClientId, entry: Entry) {
+        if let Some(user) = &entry.user {
+            self.users
+                .entry(Arc::from(user.id().as_str()))
+                .or_default()
+                .insert(id.clone());
+        }
+        if let Some(old) = self.clients.insert(id.clone(), entry) {
+            self.unlist_user(&id, &old);
+        }
+    }
+
+    fn unlist_user(&mut self, id: &ClientId, entry: &Entry) {
+        let Some(user) = &entry.user else { return };
+        if let Some(clients) = self.users.get_mut(user.id().as_str()) {
+            clients.remove(id);
+            if clients.is_empty() {
+                self.users.remove(user.id().as_str());
+            }
+        }
+    }
+
+    /// The clients of `user`, cluster-wide.
+    pub(crate) fn clients_of(&self, user: &str) -> impl Iterator<Item = &ClientId> {
+        self.users.get(user).into_iter().flatten()
+    }
+
     pub(crate) fn remove(&mut self, id: &ClientId) -> Option<Entry> {
         let entry = self.clients.remove(id)?;
+        self.unlist_user(id, &entry);
         self.local.remove(id);
         if entry.local.is_none() {
             if let Some(remote) = self.remotes.get_mut(&entry.worker_id) {
@@ -107,7 +138,7 @@ impl State {
                 .insert(id.clone(), None);
             entry.rooms.push(room);
         }
-        self.clients.insert(id.clone(), entry);
+        self.insert(id.clone(), entry);
         self.remotes
             .entry(worker.clone())
             .or_insert_with(Remote::new)

@@ -140,14 +140,10 @@ impl WebSocket {
         }
         let frame = frame.into();
         let state = self.read();
-        state
-            .local
-            .values()
-            .filter(|conn| {
-                conn.client
-                    .user_id()
-                    .is_some_and(|u| wanted.contains(u.as_str()))
-            })
+        wanted
+            .iter()
+            .flat_map(|user| state.clients_of(user))
+            .filter_map(|id| state.local.get(id))
             .filter(|conn| self.deliver(conn, &frame))
             .count()
     }
@@ -403,10 +399,10 @@ impl WebSocket {
             std::collections::BTreeMap::new();
         {
             let state = self.read();
-            for (id, entry) in &state.clients {
-                if entry.user.as_ref().is_none_or(|u| u.id().as_str() != user) {
+            for id in state.clients_of(&user) {
+                let Some(entry) = state.clients.get(id) else {
                     continue;
-                }
+                };
                 match &entry.local {
                     Some(conn) => sent += usize::from(self.deliver(conn, &frame)),
                     None => remote

@@ -206,8 +206,8 @@ pub mod prelude {
         ServerBuilderExt as _, ServerRunningExt as _, WebSocket, WebSocketConfig,
     };
     pub use crate::{
-        Channel, Context, Envelope, HandlerResult, MatchContext, Matcher, Message, Publisher, Raw,
-        State, Subscriber, Switchboard,
+        Builder, Channel, Context, Envelope, HandlerResult, MatchContext, Matcher, Message,
+        Publisher, Raw, State, Subscriber, Switchboard,
     };
 }
 

@@ -151,3 +151,17 @@ fn attributed_routes_are_in_the_registry() {
     assert!(error.to_string().contains("math:unit"), "{error}");
     assert!(error.to_string().contains("Unit"), "{error}");
 }
+
+#[test]
+fn a_route_without_its_state_fails_the_build_naming_its_file_and_line() {
+    let err = Switchboard::builder()
+        .only(Vec::<String>::new())
+        .build()
+        .expect_err("`math:unit` takes `State<Unit>`, which is not provided");
+    let text = err.to_string();
+    assert!(
+        text.contains("handler `route math:unit` (defined at tests/route_attribute.rs:"),
+        "{text}"
+    );
+    assert!(text.contains("add `.state(value)`"), "{text}");
+}

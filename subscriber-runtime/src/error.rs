@@ -46,7 +46,7 @@ pub enum BuildError {
         second: Box<Location>,
     },
     /// A handler takes `State<T>` but no `T` was provided.
-    #[error("subscriber handler `{handler}`{} takes `State<{type_name}>`, but no state of that type was provided: add `.state(value)` with a `{type_name}` to the builder", at(.defined_at.as_deref()))]
+    #[error("handler `{handler}`{} takes `State<{type_name}>`, but no state of that type was provided: add `.state(value)` with a `{type_name}` to the builder", at(.defined_at.as_deref()))]
     MissingState {
         /// The handler's name.
         handler: String,

@@ -120,8 +120,12 @@ impl WebSocket {
                 "WebSocket auth is required but no JWT secret is configured: every client will be refused (401)"
             );
         }
-        if !routes.keys().is_empty() {
-            tracing::info!(worker_id = %worker_id, routes = ?routes.keys(), "client routes");
+        if !routes.keys().is_empty() && tracing::enabled!(tracing::Level::INFO) {
+            tracing::info!(
+                worker_id = %worker_id,
+                "client routes (route, handler, location):{}",
+                routes.table()
+            );
         }
         let presence = crate::presence::Presence::new(store, setup.config.presence_ttl);
         Self {

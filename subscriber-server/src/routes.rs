@@ -356,6 +356,7 @@ impl InlineRoute {
 #[derive(Clone)]
 pub(crate) struct RouteEntry {
     pub(crate) name: Cow<'static, str>,
+    pub(crate) description: &'static str,
     pub(crate) location: Location,
     call: RouteCall,
 }
@@ -397,6 +398,30 @@ impl RouteTable {
         keys
     }
 
+    /// The startup table of the client routes: one line each (route, handler, file:line,
+    /// description), sorted by route.
+    pub(crate) fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut rows: Vec<(String, &RouteEntry)> = self
+            .routes
+            .iter()
+            .flat_map(|(k, actions)| actions.iter().map(move |(a, e)| (format!("{k}:{a}"), e)))
+            .collect();
+        rows.sort_by(|x, y| x.0.cmp(&y.0));
+        let mut table = String::new();
+        for (route, entry) in rows {
+            let _ = write!(
+                table,
+                "\n  {:<32} {:<28} {}",
+                route, entry.name, entry.location
+            );
+            if !entry.description.is_empty() {
+                let _ = write!(table, "  -- {}", entry.description);
+            }
+        }
+        table
+    }
+
     fn insert(&mut self, kind: &str, action: &str, entry: RouteEntry) -> Result<(), ServerError> {
         let route = format!("{kind}:{action}");
         if kind.is_empty() || action.is_empty() {
@@ -432,8 +457,12 @@ impl RouteTable {
     ) -> Result<Self, ServerError> {
         let mut table = Self::default();
         let include_linked = cx.includes_linked();
-        let mut check = |route: String, requirements: &Requirements| {
-            cx.require(format!("route {route}"), requirements.clone());
+        let mut check = |route: String, location: &Location, requirements: &Requirements| {
+            cx.require_at(
+                format!("route {route}"),
+                location.clone(),
+                requirements.clone(),
+            );
         };
         if include_linked {
             let mut linked = linked();
@@ -441,17 +470,19 @@ impl RouteTable {
             for r in linked {
                 let mut requirements = Requirements::default();
                 (r.requirements)(&mut requirements);
-                check(format!("{}:{}", r.kind, r.action), &requirements);
+                let location = Location {
+                    module_path: r.module_path.to_owned(),
+                    file: r.file.to_owned(),
+                    line: r.line,
+                };
+                check(format!("{}:{}", r.kind, r.action), &location, &requirements);
                 table.insert(
                     r.kind,
                     r.action,
                     RouteEntry {
                         name: Cow::Borrowed(r.name),
-                        location: Location {
-                            module_path: r.module_path.to_owned(),
-                            file: r.file.to_owned(),
-                            line: r.line,
-                        },
+                        description: r.description,
+                        location,
                         call: RouteCall::Static(r.handler),
                     },
                 )?;
@@ -459,17 +490,19 @@ impl RouteTable {
         }
         for r in inline {
             let route = format!("{}:{}", r.kind, r.action);
-            check(route.clone(), &r.requirements);
+            let location = Location {
+                module_path: "<inline>".to_owned(),
+                file: String::new(),
+                line: 0,
+            };
+            check(route.clone(), &location, &r.requirements);
             table.insert(
                 &r.kind,
                 &r.action,
                 RouteEntry {
                     name: Cow::Owned(route),
-                    location: Location {
-                        module_path: "<inline>".to_owned(),
-                        file: String::new(),
-                        line: 0,
-                    },
+                    description: "",
+                    location,
                     call: RouteCall::Dyn(r.call),
                 },
             )?;

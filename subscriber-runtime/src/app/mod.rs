@@ -306,8 +306,8 @@ impl Builder {
                 eager_metrics: &mut eager_metrics,
             })?;
         }
-        for (handler, requirements) in &checks {
-            requirements.check(handler, None, &self.states)?;
+        for (handler, location, requirements) in &checks {
+            requirements.check(handler, location.as_ref(), &self.states)?;
         }
         self.listen.extend(plugin_listen);
         let mut entries = registry::build_internal(internal)?;

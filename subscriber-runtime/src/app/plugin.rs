@@ -104,7 +104,7 @@ pub struct PluginContext<'a> {
     pub(crate) states: &'a mut StateMap,
     pub(crate) subscribers: &'a mut Vec<InlineSubscriber>,
     pub(crate) listen: &'a mut BTreeSet<String>,
-    pub(crate) checks: &'a mut Vec<(String, Requirements)>,
+    pub(crate) checks: &'a mut Vec<(String, Option<crate::Location>, Requirements)>,
     pub(crate) publisher: &'a Publisher,
     pub(crate) worker_id: &'a Arc<str>,
     pub(crate) handler_timeout: Duration,
@@ -183,7 +183,18 @@ impl PluginContext<'_> {
     /// Checks, once every plugin has added its state, that `handler` (a name for the error, such as
     /// `"route hello:greet"`) finds everything its extractors require.
     pub fn require(&mut self, handler: impl Into<String>, requirements: Requirements) {
-        self.checks.push((handler.into(), requirements));
+        self.checks.push((handler.into(), None, requirements));
+    }
+
+    /// As [`require`](Self::require), for a handler defined at `location` (named in the error).
+    pub fn require_at(
+        &mut self,
+        handler: impl Into<String>,
+        location: crate::Location,
+        requirements: Requirements,
+    ) {
+        self.checks
+            .push((handler.into(), Some(location), requirements));
     }
 
     /// Resolves every handler's metric handles at `build()` (so that their series exist from the

@@ -72,8 +72,19 @@ impl RedisBroker {
     }
 }
 
-fn millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+impl RedisBroker {
+    /// The end of every table write: renew the table's time to live, list the worker, publish
+    /// the feed message.
+    fn seal(&self, pipe: &mut Pipeline, key: &str, worker: &str, ttl: Duration, feed: Feed) {
+        pipe.pexpire(key, millis(ttl)).ignore();
+        pipe.sadd(self.workers_key(), worker).ignore();
+        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
+            .ignore();
+    }
 }
 
 impl PresenceStore for RedisBroker {
@@ -100,11 +111,7 @@ impl PresenceStore for RedisBroker {
             pipe.hdel(&key, removes).ignore();
         }
         pipe.hset_multiple(&key, &puts).ignore();
-        pipe.pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
-            .ignore();
-        pipe.sadd(self.workers_key(), worker).ignore();
-        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
-            .ignore();
+        self.seal(&mut pipe, &key, worker, ttl, feed);
         Box::pin(async move { self.query::<()>(pipe).await })
     }
 
@@ -124,11 +131,7 @@ impl PresenceStore for RedisBroker {
             vec![(SEQ_FIELD.to_owned(), seq.to_string().into())];
         fields.extend(records.into_iter().map(|(id, r)| (id, r.to_vec())));
         pipe.hset_multiple(&key, &fields).ignore();
-        pipe.pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
-            .ignore();
-        pipe.sadd(self.workers_key(), worker).ignore();
-        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
-            .ignore();
+        self.seal(&mut pipe, &key, worker, ttl, feed);
         Box::pin(async move { self.query::<()>(pipe).await })
     }
 
@@ -141,7 +144,7 @@ impl PresenceStore for RedisBroker {
         let key = self.table_key(worker);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX));
+        pipe.pexpire(&key, millis(ttl));
         pipe.sadd(self.workers_key(), worker).ignore();
         pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
             .ignore();

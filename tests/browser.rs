@@ -51,16 +51,7 @@ fn free_port() -> u16 {
 
 /// Starts the hello-world example on a free port; returns it and its page's URL.
 fn start_demo() -> (Process, String) {
-    let binary = support::example_binary("hello_world");
-    let mut child = Command::new(binary)
-        .env("PORT", "0")
-        .env("RUST_LOG", "warn")
-        .env_remove("REDIS_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("JOBS_DATABASE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+    let mut child = support::hello_world_command()
         .spawn()
         .expect("the hello_world example starts");
     let stdout = child.stdout.take().unwrap();

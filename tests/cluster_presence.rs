@@ -8,7 +8,6 @@
 mod redis_server;
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -180,17 +179,9 @@ async fn a_killed_worker_s_clients_disappear_within_the_presence_ttl() {
     let bus = Bus::new().await;
     let a = Server::start(bus.worker(config())).await;
     // The other worker is the hello-world example, in its own process.
-    let binary = support::example_binary("hello_world");
-    let mut child = Command::new(binary)
-        .env("PORT", "0")
-        .env("RUST_LOG", "warn")
+    let mut child = support::hello_world_command()
         .env("REDIS_URL", &bus.url)
         .env("REDIS_NAMESPACE", &bus.namespace)
-        .env_remove("DATABASE_URL")
-        .env_remove("JOBS_DATABASE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("the hello_world example starts");
     let url = support::announced_url(child.stdout.take().unwrap()).await;

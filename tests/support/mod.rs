@@ -267,3 +267,21 @@ pub async fn announced_url(stdout: std::process::ChildStdout) -> String {
         .expect("the example announces its URL")
         .expect("the example's output")
 }
+
+/// The hello-world example as a child process on a free port (`PORT=0`), without a database and
+/// without Redis unless the caller sets `REDIS_URL`; its standard output is piped (it prints
+/// `Open http://...` once it serves, see [`announced_url`]).
+pub fn hello_world_command() -> std::process::Command {
+    use std::process::Stdio;
+    let mut command = std::process::Command::new(example_binary("hello_world"));
+    command
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("JOBS_DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}

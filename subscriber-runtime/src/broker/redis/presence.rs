@@ -76,6 +76,13 @@ fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+/// A table's fields for `HMSET`: the sequence number, then the records.
+fn fields(seq: u64, records: Vec<(String, Bytes)>) -> Vec<(String, Vec<u8>)> {
+    std::iter::once((SEQ_FIELD.to_owned(), seq.to_string().into_bytes()))
+        .chain(records.into_iter().map(|(id, r)| (id, r.to_vec())))
+        .collect()
+}
+
 impl RedisBroker {
     /// The end of every table write: renew the table's time to live, list the worker, publish
     /// the feed message.
@@ -99,14 +106,15 @@ impl PresenceStore for RedisBroker {
         let key = self.table_key(worker);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut puts: Vec<(String, Vec<u8>)> = vec![(SEQ_FIELD.to_owned(), seq.to_string().into())];
+        let mut puts = Vec::new();
         let mut removes = Vec::new();
         for change in changes {
             match change {
-                PresenceChange::Put { id, record } => puts.push((id, record.to_vec())),
+                PresenceChange::Put { id, record } => puts.push((id, record)),
                 PresenceChange::Remove { id } => removes.push(id),
             }
         }
+        let puts = fields(seq, puts);
         if !removes.is_empty() {
             pipe.hdel(&key, removes).ignore();
         }
@@ -127,10 +135,7 @@ impl PresenceStore for RedisBroker {
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.del(&key).ignore();
-        let mut fields: Vec<(String, Vec<u8>)> =
-            vec![(SEQ_FIELD.to_owned(), seq.to_string().into())];
-        fields.extend(records.into_iter().map(|(id, r)| (id, r.to_vec())));
-        pipe.hset_multiple(&key, &fields).ignore();
+        pipe.hset_multiple(&key, &fields(seq, records)).ignore();
         self.seal(&mut pipe, &key, worker, ttl, feed);
         Box::pin(async move { self.query::<()>(pipe).await })
     }

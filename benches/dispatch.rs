@@ -78,7 +78,7 @@ fn builder_for(mix: Vec<(Spec, i32)>) -> switchboard::Builder {
             Subscriber::matching([matcher])
                 .name(format!("h{i}"))
                 .priority(priority)
-                .handle(|| {}),
+                .handle(|| async {}),
         );
     }
     builder
@@ -278,6 +278,79 @@ fn dispatch_observed(c: &mut Criterion) {
     recorder.handle().run_upkeep();
 }
 
+/// Dispatch at 1,000 handlers with 0, 1 and 3 pass-through tower layers on every handler (the
+/// framework's cost of a layer: erasure, a clone of the service, `poll_ready`, one boxed future),
+/// then one real layer (tower's `ConcurrencyLimitLayer`), then a plain `fn` body instead of an
+/// `async` one (the hand-over to the blocking pool).
+fn layers(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let channels = channels();
+    let payload = Bytes::from_static(br#"{"kind":"view","n":1,"workerId":"other"}"#);
+    let mut group = c.benchmark_group("dispatch_layers");
+    let pass = || switchboard::tower::util::MapRequestLayer::new(|cx: switchboard::Context| cx);
+    type Configure = Box<dyn Fn(switchboard::Builder) -> switchboard::Builder>;
+    let cases: Vec<(&str, Configure)> = vec![
+        ("0_layers", Box::new(|b| b)),
+        ("1_layer", Box::new(move |b| b.layer(pass()))),
+        (
+            "3_layers",
+            Box::new(move |b| b.layer(pass()).layer(pass()).layer(pass())),
+        ),
+        (
+            "concurrency_limit",
+            Box::new(|b| b.layer(switchboard::tower::limit::ConcurrencyLimitLayer::new(1024))),
+        ),
+    ];
+    for (label, configure) in cases {
+        let app = rt.block_on(async { configure(builder_for(mix(1_000))).build().unwrap() });
+        let mut i = 0;
+        group.bench_function(label, |b| {
+            b.to_async(&rt).iter(|| {
+                i = (i + 1) % CHANNELS;
+                let channel = &channels[i];
+                let payload = payload.clone();
+                let app = &app;
+                async move { black_box(app.__dispatch_inline(channel, payload).await) }
+            })
+        });
+    }
+    // The same 1,000 handlers with plain `fn` bodies: each run goes to the blocking pool.
+    let app = rt.block_on(async {
+        let mut builder = Switchboard::builder()
+            .without_linked_handlers()
+            .framework_channels(false);
+        for (i, (spec, priority)) in mix(1_000).into_iter().enumerate() {
+            let matcher = match spec {
+                Spec::Exact(c) => Matcher::channel(c),
+                Spec::Glob(g) => Matcher::pattern(g),
+                Spec::Regex(r) => Matcher::regex(r),
+                Spec::Predicate(_) => continue,
+            };
+            builder = builder.subscriber(
+                Subscriber::matching([matcher])
+                    .name(format!("h{i}"))
+                    .priority(priority)
+                    .handle(|| {}),
+            );
+        }
+        builder.build().unwrap()
+    });
+    let mut i = 0;
+    group.bench_function("plain_fn_bodies", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % CHANNELS;
+            let channel = &channels[i];
+            let payload = payload.clone();
+            let app = &app;
+            async move { black_box(app.__dispatch_inline(channel, payload).await) }
+        })
+    });
+    group.finish();
+}
+
 fn registry(c: &mut Criterion) {
     let mut group = c.benchmark_group("registry_build");
     group.sample_size(10);
@@ -317,6 +390,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = routing, predicates, dispatch, dispatch_observed, registry, envelope
+    targets = routing, predicates, dispatch, dispatch_observed, layers, registry, envelope
 }
 criterion_main!(benches);

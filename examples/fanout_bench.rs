@@ -23,7 +23,7 @@ use switchboard::Frame;
 /// Sends every tick to every connected client of this worker. The frame is built once, around the
 /// payload's bytes as published, and the same bytes go to every client.
 #[websocket_subscriber(channel = "bench:fanout")]
-fn fanout(Raw(payload): Raw, ws: WebSocket) {
+async fn fanout(Raw(payload): Raw, ws: WebSocket) {
     let Ok(data) = std::str::from_utf8(&payload) else {
         return;
     };

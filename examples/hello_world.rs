@@ -64,7 +64,7 @@ async fn system_status_relay(Message(update): Message<StatusUpdate>, ws: WebSock
 
 /// Logs every custom event (runs after the relay).
 #[websocket_subscriber(channel = event::CUSTOM, priority = -10)]
-fn log_custom_events(Message(message): Message) {
+async fn log_custom_events(Message(message): Message) {
     println!("  [priority -10] log_custom_events: {message}");
 }
 
@@ -75,7 +75,7 @@ static ANALYTICS_EVENTS: AtomicU64 = AtomicU64::new(0);
 /// this worker (after `analyticsSink`, from the analytics example, has queued the event for the
 /// database).
 #[websocket_subscriber(match = regex("^analytics:"), priority = -1)]
-fn analytics_counter(channel: Channel, ws: WebSocket) {
+async fn analytics_counter(channel: Channel, ws: WebSocket) {
     let count = ANALYTICS_EVENTS.fetch_add(1, Ordering::Relaxed) + 1;
     ws.broadcast_to_all_clients(Outgoing::new("analytics", "count", json!({"count": count})));
     println!("  [priority  -1] analytics_counter: {channel} (event #{count})");

@@ -95,7 +95,7 @@ pub async fn enqueue(
 
 /// Tells every connected client that a job completed (each worker tells its own clients).
 #[websocket_subscriber(channel = event::QUEUE_JOB_COMPLETED, name = "jobNotifications")]
-pub fn job_notifications(Message(completed): Message, ws: WebSocket) {
+pub async fn job_notifications(Message(completed): Message, ws: WebSocket) {
     ws.broadcast_to_all_clients(Outgoing::new("jobs", "completed", &completed));
 }
 
@@ -112,7 +112,7 @@ pub struct JobFailed {
 
 /// Tells only the requesting client that its job failed (the worker it is connected to does).
 #[websocket_subscriber(channel = event::QUEUE_JOB_ERROR, name = "jobFailures")]
-pub fn job_failures(Message(failed): Message<JobFailed>, ws: WebSocket) {
+pub async fn job_failures(Message(failed): Message<JobFailed>, ws: WebSocket) {
     let Some(client) = failed
         .web_socket_client_id
         .as_deref()

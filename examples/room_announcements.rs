@@ -46,7 +46,7 @@ pub struct Announcement {
 /// Sends support-room announcements to this worker's members of the room (every worker runs it,
 /// so every member in the cluster gets it once).
 #[websocket_subscriber(match = for_support_room, name = "roomAnnouncements")]
-pub fn room_announcements(Message(announcement): Message<Announcement>, ws: WebSocket) {
+pub async fn room_announcements(Message(announcement): Message<Announcement>, ws: WebSocket) {
     let sent = ws.broadcast_to_room(
         SUPPORT_ROOM,
         Outgoing::new("announcement", "supportUpdate", &announcement.data),

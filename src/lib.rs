@@ -92,10 +92,11 @@ pub use serde_json;
 #[cfg(feature = "server")]
 #[doc(inline)]
 pub use subscriber_server::{
-    Client, ClientId, ClientInfo, ClientMessage, Data, DataRejection, DisconnectReason, Frame,
-    FrameContext, IntoReply, InvalidClientId, InvalidSecret, JwtSecret, Outgoing, Reply, RoomError,
-    RoomPolicy, RouteContext, ServerAppExt, ServerBuilderExt, ServerError, ServerRunningExt,
-    ServerStats, User, UserId, WebSocket, WebSocketConfig, WebSocketServer, WS_PATH,
+    Client, ClientError, ClientId, ClientInfo, ClientMessage, Data, DataRejection,
+    DisconnectReason, Frame, FrameContext, IntoReply, InvalidClientId, InvalidSecret, JwtSecret,
+    Outgoing, Reply, RoomError, RoomPolicy, RouteContext, ServerAppExt, ServerBuilderExt,
+    ServerError, ServerRunningExt, ServerStats, User, UserId, WebSocket, WebSocketConfig,
+    WebSocketServer, WS_PATH,
 };
 
 /// The test kit: run an application on the in-process broker, publish and wait for its handlers,
@@ -128,13 +129,16 @@ pub mod testing {
 /// | `channels` | an array of those | |
 /// | `match` | a matcher or an array of matchers: `"exact"`, `regex("...")`, `pattern("glob*")`, a path to `fn(&MatchContext) -> bool` | |
 /// | `priority` | an `i32`; higher runs first | `0` |
+/// | `timeout` | a string: a positive whole number followed by `ms`, `s` or `m` (`"250ms"`, `"5s"`, `"2m"`; no hours, no fractions); a run that takes longer, its layers included, is cancelled and counted as timed out; [`Builder::handler_timeout_for`] overrides it | [`Builder::handler_timeout`] (30 s) |
+/// | `layer` | a tower layer expression (`switchboard::tower::limit::ConcurrencyLimitLayer::new(4)`, `my_layers::audit()`), or an array of them, the first one outermost; evaluated when the application is built | none |
 /// | `name` | a string | the function's name |
 /// | `description` | a string | the doc comment |
 /// | `crate` | a string path to this crate when renamed | `"::switchboard"` |
 ///
 /// At least one of `channel`, `channels` and `match` is required. Every argument must be an
-/// extractor ([`FromContext`]); the function may be `async` or not and returns `()` or
-/// `Result<(), E>` with `E: Into<BoxError>`.
+/// extractor ([`FromContext`]); the function may be `async` or not (a plain `fn` runs on tokio's
+/// blocking pool, so it may block, and times out like an `async` one) and returns `()` or
+/// `Result<(), E>` with `E: Into<BoxError>`. Layers and their order: [`layer`].
 #[cfg(feature = "server")]
 pub use subscriber_macros::websocket_subscriber;
 
@@ -182,6 +186,8 @@ pub use subscriber_macros::websocket_subscriber;
 /// |---|---|---|
 /// | `type` | a string literal: the frame's `type` (required) | |
 /// | `action` | a string literal: the frame's `action` (required) | |
+/// | `timeout` | a string: a positive whole number followed by `ms`, `s` or `m` (`"250ms"`, `"5s"`, `"2m"`; no hours, no fractions); a run that takes longer, its layers included, is cancelled | [`Builder::handler_timeout`] (30 s) |
+/// | `layer` | a tower layer expression over [`RouteContext`] handlers (`switchboard::tower::limit::ConcurrencyLimitLayer::new(4)`), or an array of them, the first one outermost; evaluated when the application is built | none |
 /// | `name` | a string | the function's name |
 /// | `description` | a string | the doc comment |
 /// | `crate` | a string path to this crate when renamed | `"::switchboard"` |
@@ -190,8 +196,9 @@ pub use subscriber_macros::websocket_subscriber;
 /// `system:joinRoom` / `system:leaveRoom` are reserved (the server answers them). Every argument
 /// must be an extractor for [`RouteContext`] ([`FromContext<RouteContext>`](FromContext):
 /// [`Client`], [`Data<T>`], [`WebSocket`], [`State<T>`], [`Publisher`], [`RouteContext`]); the
-/// function may be `async` or not and returns an [`IntoReply`]: `()`, `Result<T, E>`,
-/// [`Reply<T>`] or a `serde_json::Value`. Routes are collected by [`Builder::build`] unless the
+/// function may be `async` or not (a plain `fn` runs on the blocking pool) and returns an
+/// [`IntoReply`]: `()`, `Result<T, E>`, [`Reply<T>`] or a `serde_json::Value`; an error reaches
+/// the client only as a [`ClientError`] (anything else is `Internal error` with the log line's id). Routes are collected by [`Builder::build`] unless the
 /// builder leaves linked handlers out, and a route given twice is a build error.
 #[cfg(feature = "server")]
 pub use subscriber_macros::websocket_route;
@@ -202,8 +209,9 @@ pub mod prelude {
     pub use crate::websocket_subscriber;
     #[cfg(feature = "server")]
     pub use crate::{
-        websocket_route, Client, Data, Outgoing, Reply, RoomPolicy, ServerAppExt as _,
-        ServerBuilderExt as _, ServerRunningExt as _, WebSocket, WebSocketConfig,
+        websocket_route, Client, ClientError, Data, Outgoing, Reply, RoomPolicy, RouteContext,
+        ServerAppExt as _, ServerBuilderExt as _, ServerRunningExt as _, WebSocket,
+        WebSocketConfig,
     };
     pub use crate::{
         Builder, Channel, Context, Envelope, HandlerResult, MatchContext, Matcher, Message,

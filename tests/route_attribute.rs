@@ -35,8 +35,9 @@ fn unit(State(unit): State<Unit>) -> Reply<&'static str> {
 }
 
 #[websocket_route(type = "math", action = "divide")]
-async fn divide(Data([a, b]): Data<[i64; 2]>) -> Result<i64, BoxError> {
-    a.checked_div(b).ok_or_else(|| "division by zero".into())
+async fn divide(Data([a, b]): Data<[i64; 2]>) -> Result<i64, ClientError> {
+    a.checked_div(b)
+        .ok_or_else(|| ClientError::new("division_by_zero", "division by zero"))
 }
 
 /// Linked routes only (no linked subscriber handlers), with the state `unit` needs.
@@ -97,7 +98,7 @@ async fn attributed_routes_answer_a_websocket_client() {
         .await;
     assert_eq!(
         client.next_json().await,
-        json!({"type": "error", "action": "message", "data": {"error": "division by zero"}})
+        json!({"type": "error", "action": "message", "data": {"error": "division by zero", "code": "division_by_zero"}})
     );
     client
         .send_json(json!({"type": "math", "action": "divide", "data": [84, 2]}))

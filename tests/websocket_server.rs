@@ -512,9 +512,14 @@ async fn client_routes_with_typed_data_and_replies() {
     client
         .send_json(json!({"type": "hello", "action": "fail"}))
         .await;
+    // The handler's own error is not shown: a generic error with the id of the log line.
+    let error = client.next_json().await;
+    assert_eq!(error["data"]["error"], "Internal error", "{error}");
+    assert_eq!(error["data"]["code"], "internal_error", "{error}");
     assert_eq!(
-        client.next_json().await,
-        json!({"type": "error", "action": "message", "data": {"error": "the handler failed"}})
+        error["data"]["id"].as_str().map(str::len),
+        Some(32),
+        "{error}"
     );
 
     // `()` means no reply: the marker sent by the handler is the next frame.
@@ -526,17 +531,18 @@ async fn client_routes_with_typed_data_and_replies() {
     client
         .send_json(json!({"type": "hello", "action": "panic"}))
         .await;
-    assert_eq!(
-        client.next_json().await,
-        json!({"type": "error", "action": "message", "data": {"error": "Unknown error"}})
-    );
+    // A panic is not shown either.
+    let error = client.next_json().await;
+    assert_eq!(error["data"]["error"], "Internal error", "{error}");
+    assert_eq!(error["data"]["code"], "internal_error", "{error}");
+    assert!(error["data"]["id"].is_string(), "{error}");
 
     client
         .send_json(json!({"type": "hello", "action": "nope"}))
         .await;
     assert_eq!(
         client.next_json().await,
-        json!({"type": "error", "action": "message", "data": {"error": "Unknown route: hello:nope"}})
+        json!({"type": "error", "action": "message", "data": {"error": "Unknown route: hello:nope", "code": "unknown_route"}})
     );
 
     assert_eq!(
@@ -581,21 +587,31 @@ async fn malformed_client_frames_get_the_reference_error_frames() {
     let server = Server::start(builder).await;
     let mut client = server.client().await;
     let cases = [
-        ("not json", "Failed to parse JSON"),
-        ("null", "Invalid WebSocket message"),
-        ("{\"action\":\"x\"}", "Missing WebSocket message type"),
+        ("not json", "Failed to parse JSON", "invalid_json"),
+        ("null", "Invalid WebSocket message", "invalid_message"),
+        (
+            "{\"action\":\"x\"}",
+            "Missing WebSocket message type",
+            "missing_type",
+        ),
         (
             "{\"type\":\"\",\"action\":\"x\"}",
             "Missing WebSocket message type",
+            "missing_type",
         ),
-        ("[1,2]", "Missing WebSocket message type"),
-        ("{\"type\":\"x\"}", "Missing WebSocket message action"),
+        ("[1,2]", "Missing WebSocket message type", "missing_type"),
+        (
+            "{\"type\":\"x\"}",
+            "Missing WebSocket message action",
+            "missing_action",
+        ),
     ];
-    for (text, error) in cases {
+    // The reference's error frames, with a stable code besides the text.
+    for (text, error, code) in cases {
         client.send_text(text).await;
         assert_eq!(
             client.next_json().await,
-            json!({"type": "error", "action": "message", "data": {"error": error}}),
+            json!({"type": "error", "action": "message", "data": {"error": error, "code": code}}),
             "for {text}"
         );
     }
@@ -882,6 +898,8 @@ switchboard::__private::register_route!(
         line: line!(),
         handler: linked_ping,
         requirements: |_| {},
+        timeout: None,
+        layers: &[],
     }
 );
 

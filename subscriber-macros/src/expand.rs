@@ -4,7 +4,7 @@
 //! [`expand`] and the wrapper/requirements generators are shared by both attributes; what differs
 //! (the runtime items named, the descriptor) comes from [`AttributeArgs`] and [`Runtime`].
 
-use proc_macro2::{Literal, Span, TokenStream};
+use proc_macro2::{Group, Ident, Literal, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::parse::Parse;
@@ -164,6 +164,8 @@ fn registration(args: &Args, function: &ItemFn) -> TokenStream {
     let name = name_or_default(args.name.as_ref(), function);
     let description = description_or_default(args.description.as_ref(), function);
     let priority = priority_tokens(args.priority);
+    let timeout = timeout_field(args.timeout);
+    let (layer_fns, layers) = layers(&runtime, &args.layers);
     let static_ident = format_ident!("__SWITCHBOARD_{}", unraw.to_uppercase());
     let attributes = block_attributes();
 
@@ -175,6 +177,8 @@ fn registration(args: &Args, function: &ItemFn) -> TokenStream {
             #handler
 
             #requirements
+
+            #layer_fns
 
             #private::register! {
                 #static_ident,
@@ -188,6 +192,8 @@ fn registration(args: &Args, function: &ItemFn) -> TokenStream {
                     line: ::core::line!(),
                     handler: __switchboard_handler,
                     requirements: __switchboard_requirements,
+                    timeout: #timeout,
+                    layers: #layers,
                 }
             }
         };
@@ -232,10 +238,7 @@ pub(crate) fn handler<'a>(runtime: &Runtime, sig: &'a Signature) -> (TokenStream
     }
 
     let ident = &sig.ident;
-    let mut call = quote!(#ident(#(#arguments),*));
-    if sig.asyncness.is_some() {
-        call = quote!(#call.await);
-    }
+    let call = quote!(#ident(#(#arguments),*));
     // `<R as IntoHandlerResult>` spanned at the return type: `-> u32` is reported at `u32`.
     let finish = match &sig.output {
         ReturnType::Default => quote!(<() as #finish_trait>::#finish_method),
@@ -244,15 +247,38 @@ pub(crate) fn handler<'a>(runtime: &Runtime, sig: &'a Signature) -> (TokenStream
             quote_spanned!(first=> <#ty as #finish_trait>::#finish_method)
         }
     };
+    let run = if sig.asyncness.is_some() {
+        quote_spanned! {ident.span()=>
+            match #finish(#call.await) {
+                #private::Ok(__value) => #private::Ok(__value),
+                #private::Err(__error) => #private::Err(#private::HandlerFailure::Failed(__error)),
+            }
+        }
+    } else {
+        // A plain function runs on the blocking pool, its arguments (extracted here) moved into
+        // a closure that calls it and converts its result. The closure is boxed as `dyn FnOnce +
+        // Send` here, spanned at the function's name: an argument that is not `Send` is reported
+        // there, against a type written here (not a bound of the runtime's `run_blocking`).
+        let closure = quote_spanned! {ident.span()=>
+            ::std::boxed::Box::new(move || { #finish(#call) })
+        };
+        quote! {
+            let __resources = ::core::clone::Clone::clone(
+                <#context as #private::HandlerContext>::resources(&__cx),
+            );
+            ::core::mem::drop(__cx);
+            let __run: ::std::boxed::Box<
+                dyn ::core::ops::FnOnce() -> ::core::result::Result<_, _> + ::core::marker::Send,
+            > = #closure;
+            #private::run_blocking(__resources, __run).await
+        }
+    };
     // The coercion to the boxed `Send` future is spanned at the function's name: a future that is
     // not `Send` is reported there.
     let boxed = quote_spanned! {ident.span()=>
         ::std::boxed::Box::pin(async move {
             #(#extractions)*
-            match #finish(#call) {
-                #private::Ok(__value) => #private::Ok(__value),
-                #private::Err(__error) => #private::Err(#private::HandlerFailure::Failed(__error)),
-            }
+            #run
         })
     };
     let handler = quote! {
@@ -261,6 +287,46 @@ pub(crate) fn handler<'a>(runtime: &Runtime, sig: &'a Signature) -> (TokenStream
         }
     };
     (handler, types)
+}
+
+/// The descriptor's `timeout`: `Some(Duration::from_millis(N))` or `None`.
+pub(crate) fn timeout_field(timeout: Option<u64>) -> TokenStream {
+    match timeout {
+        Some(millis) => {
+            let millis = Literal::u64_suffixed(millis);
+            quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#millis)))
+        }
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+/// One `fn() -> HandlerLayer<Cx>` per `layer = ...` expression, and the descriptor's `layers`
+/// naming them, the first one outermost. The expression is evaluated each time the function is
+/// called (when the application is built), and erased through `IntoHandlerLayer` spanned at the
+/// expression: a value that is not a layer is reported there.
+pub(crate) fn layers(runtime: &Runtime, layers: &[Expr]) -> (TokenStream, TokenStream) {
+    let Runtime {
+        private, context, ..
+    } = runtime;
+    let mut items = Vec::new();
+    let mut names = Vec::new();
+    for (index, layer) in layers.iter().enumerate() {
+        let ident = format_ident!("__switchboard_layer_{}", index);
+        // `Trait::<Cx>::method(expr)`: rustc reports the unsatisfied bound at the argument, and
+        // "required by a bound introduced by this call" at the path, which runs from the
+        // expression's first token to its last so that both labels underline the expression.
+        let (first, last) = first_last_spans(layer.to_token_stream());
+        let method = Ident::new("into_handler_layer", last);
+        let erase = respan(quote!(#private::IntoHandlerLayer::<#context>::), first);
+        let erase = quote!(#erase #method);
+        items.push(quote! {
+            fn #ident() -> #private::HandlerLayer<#context> {
+                #erase(#layer)
+            }
+        });
+        names.push(quote!(#ident as fn() -> #private::HandlerLayer<#context>));
+    }
+    (quote!(#(#items)*), quote!(&[#(#names),*]))
 }
 
 /// The `MatcherSpec`s, and the const items that check channel constants.
@@ -350,6 +416,22 @@ pub(crate) fn requirements(runtime: &Runtime, types: &[&Type]) -> TokenStream {
             )*
         }
     }
+}
+
+/// `tokens` with every token (and group) spanned at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                token = TokenTree::Group(respanned);
+            }
+            token.set_span(span);
+            token
+        })
+        .collect()
 }
 
 fn first_last_spans(tokens: TokenStream) -> (Span, Span) {
@@ -442,6 +524,38 @@ mod tests {
         assert!(output.contains("__arg0"), "{output}");
         assert!(output.contains("__arg1"), "{output}");
         assert!(!output.contains("compile_error"), "{output}");
+        assert!(!output.contains("run_blocking"), "{output}");
+        assert!(
+            output.contains("timeout : :: core :: option :: Option :: None"),
+            "{output}"
+        );
+        assert!(output.contains("layers : & []"), "{output}");
+
+        // A plain function runs on the blocking pool; `timeout` and `layer` fill the descriptor.
+        let output = expand::<Args>(
+            quote!(channel = "a", timeout = "2m", layer = [outer(), Inner]),
+            quote!(
+                fn f(c: Channel) {}
+            ),
+        )
+        .to_string();
+        assert!(!output.contains("compile_error"), "{output}");
+        assert!(
+            output.contains("__private :: run_blocking (__resources , __run)"),
+            "{output}"
+        );
+        assert!(output.contains("Box :: new (move || { < () as"), "{output}");
+        assert!(!output.contains(". await ;"), "{output}");
+        assert!(
+            output.contains("Some (:: core :: time :: Duration :: from_millis (120000u64))"),
+            "{output}"
+        );
+        assert!(output.contains("into_handler_layer (outer ())"), "{output}");
+        assert!(output.contains("into_handler_layer (Inner)"), "{output}");
+        assert!(
+            output.contains("layers : & [__switchboard_layer_0 as fn () -> :: switchboard :: __private :: HandlerLayer < :: switchboard :: __private :: Context > , __switchboard_layer_1 as"),
+            "{output}"
+        );
 
         let output = expand::<Args>(
             quote!(priority = 1),

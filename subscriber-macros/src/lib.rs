@@ -9,12 +9,18 @@
 //!
 //! - a non-generic wrapper `fn(Context) -> HandlerFuture` that extracts every argument with
 //!   `<T as FromContext<Context>>::__extract` (spanned at the argument's type, so a type that is
-//!   not an extractor is reported there, once), calls the function (awaiting it when it is
-//!   `async`) and maps its result with `<R as IntoHandlerResult>::into_handler_result` (spanned at
-//!   the return type); the boxed future's coercion to `Send` is spanned at the function's name;
+//!   not an extractor is reported there, once), calls the function and maps its result with
+//!   `<R as IntoHandlerResult>::into_handler_result` (spanned at the return type); an `async`
+//!   function is awaited, a plain one runs on the blocking pool (`__private::run_blocking`) in a
+//!   closure that takes the extracted arguments, boxed as `dyn FnOnce + Send` at the function's
+//!   name; the boxed future's coercion to `Send` is spanned at the function's name too;
 //! - a `fn(&mut Requirements)` that declares what the extractors need (state types); it skips,
 //!   through autoref specialization, a type that is not an extractor, which the wrapper already
 //!   reports (so the user sees that error once);
+//! - one `fn() -> HandlerLayer<Context>` per `layer = ...` expression, which erases it with
+//!   `IntoHandlerLayer::<Context>::into_handler_layer` (spanned over the expression, so a value
+//!   that is not a layer is reported there); `timeout = "5s"` is validated here and becomes
+//!   `Some(Duration::from_millis(5000))`;
 //! - a `const` check per channel constant (`channel = event::FOO`) that panics, at the constant,
 //!   when it is invalid, so that it fails at compile time;
 //! - the `Registration` descriptor, submitted through `__private::register!`, which picks

@@ -8,13 +8,21 @@ use syn::parse::{Parse, ParseStream};
 use syn::{Error, Expr, Ident, LitStr, Path, Token};
 
 use crate::args::{
-    assign, closest_key, description, krate, kw, name, skip_value, string_literal, ungroup,
-    unknown_key, value, Slot,
+    assign, closest_key, description, krate, kw, layers, name, skip_value, string_literal, timeout,
+    ungroup, unknown_key, value, Slot,
 };
 use crate::Errors;
 
 /// Every key the attribute accepts, in the order the error messages list them.
-pub(crate) const KEYS: &[&str] = &["type", "action", "name", "description", "crate"];
+pub(crate) const KEYS: &[&str] = &[
+    "type",
+    "action",
+    "timeout",
+    "layer",
+    "name",
+    "description",
+    "crate",
+];
 
 /// The `type:action` pairs the server answers itself.
 const RESERVED: [(&str, &str); 2] = [("system", "joinRoom"), ("system", "leaveRoom")];
@@ -25,6 +33,10 @@ pub(crate) struct RouteArgs {
     pub(crate) kind: Option<LitStr>,
     /// The frame's `action`, validated (absent only when there are errors).
     pub(crate) action: Option<LitStr>,
+    /// `timeout = "..."`, in milliseconds.
+    pub(crate) timeout: Option<u64>,
+    /// `layer = ...`: the layer expressions, the first one outermost.
+    pub(crate) layers: Vec<Expr>,
     pub(crate) name: Option<LitStr>,
     pub(crate) description: Option<LitStr>,
     /// The path to the `switchboard` crate, when overridden.
@@ -37,6 +49,8 @@ pub(crate) struct RouteArgs {
 struct Slots {
     kind: Slot<Token![type], LitStr>,
     action: Slot<kw::action, LitStr>,
+    timeout: Slot<kw::timeout, u64>,
+    layers: Slot<kw::layer, Vec<Expr>>,
     name: Slot<kw::name, LitStr>,
     description: Slot<kw::description, LitStr>,
     krate: Slot<Token![crate], Path>,
@@ -55,6 +69,10 @@ impl Parse for RouteArgs {
                 assign(input, &mut slots.kind, &mut errors, kind)?;
             } else if lookahead.peek(kw::action) {
                 assign(input, &mut slots.action, &mut errors, action)?;
+            } else if lookahead.peek(kw::timeout) {
+                assign(input, &mut slots.timeout, &mut errors, timeout)?;
+            } else if lookahead.peek(kw::layer) {
+                assign(input, &mut slots.layers, &mut errors, layers)?;
             } else if lookahead.peek(kw::name) {
                 assign(input, &mut slots.name, &mut errors, name)?;
             } else if lookahead.peek(kw::description) {
@@ -115,6 +133,8 @@ impl Parse for RouteArgs {
         Ok(RouteArgs {
             kind,
             action,
+            timeout: value(slots.timeout),
+            layers: value(slots.layers).unwrap_or_default(),
             name: value(slots.name),
             description: value(slots.description),
             krate: value(slots.krate),
@@ -189,11 +209,15 @@ mod tests {
         let args = parse(quote!(
             type = "chat",
             action = "send",
+            timeout = "2m",
+            layer = limit(),
             name = "n",
             description = "d",
             crate = "sb"
         ));
         assert!(args.errors.is_empty());
+        assert_eq!(args.timeout, Some(120_000));
+        assert_eq!(args.layers.len(), 1);
         assert_eq!(args.kind.unwrap().value(), "chat");
         assert_eq!(args.action.unwrap().value(), "send");
         assert_eq!(args.name.unwrap().value(), "n");
@@ -224,6 +248,22 @@ mod tests {
             ),
             (quote!(typ = "a", action = "b"), "did you mean `type`?"),
             (quote!(type = "a", actoin = "b"), "did you mean `action`?"),
+            (
+                quote!(type = "a", action = "b", timeout = "0s"),
+                "invalid timeout `0s`",
+            ),
+            (
+                quote!(type = "a", action = "b", timeout = "1s", timeout = "2s"),
+                "`timeout` given more than once",
+            ),
+            (
+                quote!(type = "a", action = "b", layer = "timeout"),
+                "not a string",
+            ),
+            (
+                quote!(type = "a", action = "b", layer = []),
+                "`layer` is empty",
+            ),
         ];
         for (tokens, expected) in cases {
             let errors = errors_of(tokens.clone());
@@ -233,7 +273,8 @@ mod tests {
         let errors = errors_of(quote!(type = "a", action = "b", channel = "c"));
         assert_eq!(
             errors,
-            ["unknown key `channel`: the keys are `type`, `action`, `name`, `description`, `crate`"]
+            ["unknown key `channel`: the keys are `type`, `action`, `timeout`, `layer`, `name`, \
+             `description`, `crate`"]
         );
     }
 

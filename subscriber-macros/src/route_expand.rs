@@ -7,8 +7,8 @@ use syn::ext::IdentExt;
 use syn::ItemFn;
 
 use crate::expand::{
-    block_attributes, description_or_default, handler, name_or_default, requirements,
-    AttributeArgs, Runtime,
+    block_attributes, description_or_default, handler, layers, name_or_default, requirements,
+    timeout_field, AttributeArgs, Runtime,
 };
 use crate::route_args::RouteArgs;
 use crate::{Errors, Kind};
@@ -35,6 +35,8 @@ fn registration(args: &RouteArgs, function: &ItemFn) -> TokenStream {
     let private = &runtime.private;
     let (handler, types) = handler(&runtime, &function.sig);
     let requirements = requirements(&runtime, &types);
+    let timeout = timeout_field(args.timeout);
+    let (layer_fns, layers) = layers(&runtime, &args.layers);
 
     let name = name_or_default(args.name.as_ref(), function);
     let description = description_or_default(args.description.as_ref(), function);
@@ -51,6 +53,8 @@ fn registration(args: &RouteArgs, function: &ItemFn) -> TokenStream {
 
             #requirements
 
+            #layer_fns
+
             #private::register_route! {
                 #static_ident,
                 #private::RouteRegistration {
@@ -63,6 +67,8 @@ fn registration(args: &RouteArgs, function: &ItemFn) -> TokenStream {
                     line: ::core::line!(),
                     handler: __switchboard_handler,
                     requirements: __switchboard_requirements,
+                    timeout: #timeout,
+                    layers: #layers,
                 }
             }
         };

@@ -35,15 +35,23 @@ pub use handler::context::{Context, HandlerContext, MessageContext, Resources};
 pub use handler::extract::{
     Channel, FromContext, Message, MessageRejection, MissingState, Raw, Requirements, State,
 };
+pub use handler::layer;
 pub use handler::registration::BACKEND;
 pub use handler::subscriber::{InlineSubscriber, Subscriber};
-pub use handler::{Async, Blocking, Finish, Handler, HandlerResult, IntoHandlerResult};
+pub use handler::{
+    Async, Blocking, Finish, Handler, HandlerFailure, HandlerResult, IntoHandlerResult,
+};
 pub use message::envelope::{Envelope, PayloadLimits};
 pub use message::matcher::{MatchContext, Matcher};
 pub use message::{envelope, event};
 pub use observe::stats::{RateLimit, Stats};
 pub use observe::telemetry;
 pub use publish::Publisher;
+
+/// The tower crate, re-exported so that an application names tower's layers
+/// (`switchboard::tower::timeout::TimeoutLayer`) in the very version Switchboard uses (see
+/// [`layer`]).
+pub use tower;
 
 /// Not public API: hooks for the project's benchmarks.
 #[doc(hidden)]
@@ -67,9 +75,11 @@ pub mod __bench {
 pub mod __private {
     pub use crate::__switchboard_register as register;
     pub use crate::app::DefaultPlugin;
+    pub use crate::handler::blocking::run_blocking;
     pub use crate::handler::context::{Context, HandlerContext};
     pub use crate::handler::extract::FromContext;
     pub use crate::handler::extract::Requirements;
+    pub use crate::handler::layer::{layered, HandlerLayer, IntoHandlerLayer};
     #[cfg(feature = "linkme")]
     pub use crate::handler::registration::REGISTRATIONS;
     pub use crate::handler::registration::{

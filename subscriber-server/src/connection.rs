@@ -16,6 +16,7 @@ use subscriber_runtime::__private::HandlerFailure;
 use subscriber_runtime::event;
 
 use crate::client::{Client, Conn, DisconnectReason};
+use crate::error::ClientError;
 use crate::frame::{iso8601, reply_frame, ClientId, Frame};
 use crate::hooks::{guarded, ClientMessage};
 use crate::http::Serving;
@@ -199,7 +200,7 @@ async fn read_loop(
                             conn.touch(ws.now_ms());
                             Counters::inc(&inner.counters.client_messages);
                             inner.counters.metrics.client_messages.increment(1);
-                            ws.send_error_to(conn, "Failed to parse JSON");
+                            ws.send_client_error(conn, "invalid_json", "Failed to parse JSON", None);
                         }
                     },
                     // tungstenite answers the ping itself; the writer makes sure the answer
@@ -265,18 +266,18 @@ pub(crate) async fn on_text(
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(_) => {
-            ws.send_error_to(conn, "Failed to parse JSON");
+            ws.send_client_error(conn, "invalid_json", "Failed to parse JSON", None);
             return;
         }
     };
     let mut object = match value {
         Value::Object(map) => map,
         Value::Null => {
-            ws.send_error_to(conn, "Invalid WebSocket message");
+            ws.send_client_error(conn, "invalid_message", "Invalid WebSocket message", None);
             return;
         }
         _ => {
-            ws.send_error_to(conn, "Missing WebSocket message type");
+            ws.send_client_error(conn, "missing_type", "Missing WebSocket message type", None);
             return;
         }
     };
@@ -288,11 +289,16 @@ pub(crate) async fn on_text(
             .map(str::to_owned)
     };
     let Some(kind) = text_field(&object, "type") else {
-        ws.send_error_to(conn, "Missing WebSocket message type");
+        ws.send_client_error(conn, "missing_type", "Missing WebSocket message type", None);
         return;
     };
     let Some(action) = text_field(&object, "action") else {
-        ws.send_error_to(conn, "Missing WebSocket message action");
+        ws.send_client_error(
+            conn,
+            "missing_action",
+            "Missing WebSocket message action",
+            None,
+        );
         return;
     };
     let data = object.remove("data").unwrap_or(Value::Null);
@@ -335,7 +341,12 @@ pub(crate) async fn on_text(
             }
             None => {
                 tracing::debug!(client_id = %conn.client.id, route = %format_args!("{kind}:{action}"), "unknown client route");
-                ws.send_error_to(conn, &format!("Unknown route: {kind}:{action}"));
+                ws.send_client_error(
+                    conn,
+                    "unknown_route",
+                    &format!("Unknown route: {kind}:{action}"),
+                    None,
+                );
             }
         },
     }
@@ -358,41 +369,87 @@ async fn run_route(
 ) {
     let inner = &ws.inner;
     let (kind, action) = (cx.kind.clone(), cx.action.clone());
-    let timeout = inner.handler_timeout;
+    let timeout = route.timeout.unwrap_or(inner.handler_timeout);
+    let client_id = &conn.client.id;
+    // What the client is not shown is logged with an id it is shown.
+    let internal = |what: &str, error: &dyn std::fmt::Display| {
+        let error_id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::error!(route = %route.name, %client_id, %error_id, %error, "client route handler {what}");
+        ws.send_client_error(conn, "internal_error", "Internal error", Some(&error_id));
+    };
     let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| route.call(cx))) else {
-        tracing::error!(route = %route.name, client_id = %conn.client.id, "client route handler panicked");
-        ws.send_error_to(conn, "Unknown error");
+        internal("panicked", &"a panic while extracting its arguments");
         return;
     };
     let outcome = tokio::select! {
         biased;
         () = inner.force.cancelled() => {
-            tracing::warn!(route = %route.name, client_id = %conn.client.id, "client route handler abandoned at shutdown");
+            tracing::warn!(route = %route.name, %client_id, "client route handler abandoned at shutdown");
             return;
         }
         outcome = tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()) => outcome,
     };
     match outcome {
         Err(_) => {
-            tracing::error!(route = %route.name, client_id = %conn.client.id, ?timeout, "client route handler timed out");
-            ws.send_error_to(conn, "Request timed out");
+            let error_id = uuid::Uuid::new_v4().simple().to_string();
+            tracing::error!(route = %route.name, %client_id, %error_id, ?timeout, "client route handler timed out");
+            ws.send_client_error(conn, "timeout", "Request timed out", Some(&error_id));
         }
-        Ok(Err(_panic)) => {
-            tracing::error!(route = %route.name, client_id = %conn.client.id, "client route handler panicked");
-            ws.send_error_to(conn, "Unknown error");
-        }
+        Ok(Err(panic)) => internal("panicked", &panic_text(panic.as_ref())),
         Ok(Ok(Err(HandlerFailure::Rejected(error)))) => {
-            tracing::debug!(route = %route.name, client_id = %conn.client.id, %error, "client route argument rejected");
-            ws.send_error_to(conn, &error.to_string());
+            tracing::debug!(route = %route.name, %client_id, %error, "client route argument rejected");
+            ws.send_client_error(conn, "invalid_data", &error.to_string(), None);
         }
-        Ok(Ok(Err(HandlerFailure::Failed(error)))) => {
-            tracing::warn!(route = %route.name, client_id = %conn.client.id, %error, "client route handler failed");
-            ws.send_error_to(conn, &error.to_string());
+        Ok(Ok(Err(HandlerFailure::Skipped(skip)))) => {
+            tracing::debug!(route = %route.name, %client_id, reason = skip.reason(), "client route handler skipped by a layer");
+            ws.send_client_error(conn, skip.code(), skip.reason(), None);
         }
+        Ok(Ok(Err(HandlerFailure::Failed(error)))) => match error.downcast::<ClientError>() {
+            Ok(shown) => {
+                tracing::debug!(route = %route.name, %client_id, code = shown.code(), error = shown.message(), "client route handler answered an error");
+                ws.send_client_error(conn, shown.code(), shown.message(), None);
+            }
+            Err(error) => internal("failed", &error),
+        },
+        Ok(Ok(Err(other))) => internal("failed", &other),
         Ok(Ok(Ok(Some(response)))) => {
             ws.deliver(conn, &reply_frame(&kind, &action, &response));
         }
         Ok(Ok(Ok(None))) => {}
+    }
+}
+
+impl WebSocket {
+    /// Sends one client of this worker an error frame with a stable `code` (and the `id` of the
+    /// server's log line, for an error the client is not shown); counted, and given to the
+    /// `on_error` hooks.
+    pub(crate) fn send_client_error(
+        &self,
+        conn: &Conn,
+        code: &str,
+        message: &str,
+        id: Option<&str>,
+    ) -> bool {
+        Counters::inc(&self.inner.counters.client_errors);
+        self.inner.counters.metrics.client_errors.increment(1);
+        tracing::debug!(client_id = %conn.client.id, code, error = message, "error frame to client");
+        for hook in &self.inner.hooks.error {
+            guarded("on_error", &conn.client.id, || hook(&conn.client, message));
+        }
+        self.deliver(
+            conn,
+            &crate::frame::coded_error_frame(message, Some(code), id),
+        )
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
     }
 }
 

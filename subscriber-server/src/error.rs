@@ -39,3 +39,55 @@ pub enum ServerError {
     #[error("cannot install the Prometheus recorder: another global `metrics` recorder is already installed; leave out `.prometheus(...)` to emit into that recorder, and serve it yourself")]
     MetricsRecorderInstalled,
 }
+
+/// An error a client route handler wants its client to see: a stable, machine-readable code and a
+/// message for people. The client gets
+/// `{"type":"error","action":"message","data":{"error":<message>,"code":<code>}}`.
+///
+/// Any other error a route returns is not shown: the client gets
+/// `{"error":"Internal error","code":"internal_error","id":<id>}` and the server logs the error
+/// with the same `error_id`, so that a user's report leads to the log line.
+///
+/// ```
+/// use switchboard::prelude::*;
+/// use switchboard::ClientError;
+///
+/// #[websocket_route(type = "rooms", action = "describe")]
+/// async fn describe(Data(room): Data<String>, ws: WebSocket) -> Result<Vec<String>, ClientError> {
+///     let members = ws.room_members(&room);
+///     if members.is_empty() {
+///         return Err(ClientError::new("room_not_found", format!("No room named {room}")));
+///     }
+///     Ok(members.into_iter().map(|id| id.to_string()).collect())
+/// }
+/// # fn main() {}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ClientError {
+    code: std::borrow::Cow<'static, str>,
+    message: String,
+}
+
+impl ClientError {
+    /// An error with a stable `code` (`"room_not_found"`) and a `message` for the client.
+    pub fn new(
+        code: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The code.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use subscriber_runtime::layer::IntoHandlerLayer;
 use subscriber_runtime::{Builder, Error, Handler, Running, Switchboard};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
@@ -41,6 +42,50 @@ pub trait ServerBuilderExt: Sized {
     fn route<H, M>(self, kind: impl Into<String>, action: impl Into<String>, handler: H) -> Self
     where
         H: Handler<M, RouteContext>;
+
+    /// Wraps every client route handler in a tower layer (see [`layer`](subscriber_runtime::layer)),
+    /// as [`Builder::layer`] does for subscribers: the first one given is the outermost, group
+    /// layers ([`route_layer_for`](Self::route_layer_for)) and each route's own (its attribute's
+    /// `layer = ...`) come inside, and the route's timeout covers them all. A layer that skips
+    /// the handler (rate limited, throttled) answers the client with an error frame carrying the
+    /// skip's code.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::layer::{Key, RateLimitLayer};
+    /// use switchboard::prelude::*;
+    ///
+    /// // Each client may send 20 frames per second to the routes, whatever the route.
+    /// let builder = Switchboard::builder().route_layer(
+    ///     RateLimitLayer::new(20, Duration::from_secs(1))
+    ///         .per(Key::by(|cx: &RouteContext| cx.client().id().to_string())),
+    /// );
+    /// # let _ = builder;
+    /// ```
+    fn route_layer<L>(self, layer: L) -> Self
+    where
+        L: IntoHandlerLayer<RouteContext>;
+
+    /// Wraps the client routes `select` picks (it sees `type:action`) in a tower layer, after the
+    /// [`route_layer`](Self::route_layer)s.
+    ///
+    /// ```
+    /// use switchboard::prelude::*;
+    ///
+    /// // At most 2 `report:*` handlers at a time on this worker.
+    /// let builder = Switchboard::builder().route_layer_for(
+    ///     |route| route.starts_with("report:"),
+    ///     switchboard::tower::limit::ConcurrencyLimitLayer::new(2),
+    /// );
+    /// # let _ = builder;
+    /// ```
+    fn route_layer_for<L>(
+        self,
+        select: impl Fn(&str) -> bool + Send + Sync + 'static,
+        layer: L,
+    ) -> Self
+    where
+        L: IntoHandlerLayer<RouteContext>;
 
     /// Called for every client of this worker once it is connected (after its auth frame).
     ///
@@ -138,6 +183,30 @@ impl ServerBuilderExt for Builder {
         self.plugin_mut::<WebSocketServer>()
             .routes
             .push(InlineRoute::new(kind.into(), action.into(), handler));
+        self
+    }
+
+    fn route_layer<L>(mut self, layer: L) -> Self
+    where
+        L: IntoHandlerLayer<RouteContext>,
+    {
+        self.plugin_mut::<WebSocketServer>()
+            .route_layers
+            .push((None, layer.into_handler_layer()));
+        self
+    }
+
+    fn route_layer_for<L>(
+        mut self,
+        select: impl Fn(&str) -> bool + Send + Sync + 'static,
+        layer: L,
+    ) -> Self
+    where
+        L: IntoHandlerLayer<RouteContext>,
+    {
+        self.plugin_mut::<WebSocketServer>()
+            .route_layers
+            .push((Some(Arc::new(select)), layer.into_handler_layer()));
         self
     }
 

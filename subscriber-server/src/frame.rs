@@ -210,9 +210,20 @@ impl From<&Frame> for Frame {
 
 /// `{"type":"error","action":"message","data":{"error":<message>}}`.
 pub(crate) fn error_frame(message: &str) -> Frame {
+    coded_error_frame(message, None, None)
+}
+
+/// `{"type":"error","action":"message","data":{"error":<message>,"code":<code>,"id":<id>}}`: the
+/// reference's error frame, with a stable code and, for an error the client is not shown, the id
+/// of the server's log line.
+pub(crate) fn coded_error_frame(message: &str, code: Option<&str>, id: Option<&str>) -> Frame {
     #[derive(Serialize)]
     struct Data<'a> {
         error: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
     }
     #[derive(Serialize)]
     struct ErrorFrame<'a> {
@@ -224,7 +235,11 @@ pub(crate) fn error_frame(message: &str) -> Frame {
     Frame::json(&ErrorFrame {
         kind: "error",
         action: "message",
-        data: Data { error: message },
+        data: Data {
+            error: message,
+            code,
+            id,
+        },
     })
     .expect("serializing strings cannot fail")
 }

@@ -315,7 +315,9 @@ impl WebSocket {
     /// The clients of the cluster authenticated as `user` (ids compare as text), from an index:
     /// no scan of the cluster's clients.
     pub fn clients_of_user(&self, user: impl fmt::Display) -> Vec<ClientId> {
-        self.read().clients_of(&user.to_string()).cloned().collect()
+        // Formatted before the lock is taken: `Display` may be the application's code.
+        let user = user.to_string();
+        self.read().clients_of(&user).cloned().collect()
     }
 
     /// Attaches `metadata` to a client of this worker (replacing what was there); every worker

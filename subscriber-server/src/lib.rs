@@ -44,7 +44,7 @@ mod writer;
 
 pub use client::{Client, DisconnectReason, Empty, LocalReceiver, User, UserId};
 pub use config::{InvalidSecret, JwtSecret, RoomPolicy, WebSocketConfig};
-pub use error::ServerError;
+pub use error::{ClientError, ServerError};
 pub use ext::{ServerAppExt, ServerBuilderExt, ServerRunningExt};
 pub use frame::{ClientId, Frame, InvalidClientId, Outgoing};
 pub use handle::WebSocket;

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WebSocketConfig;
 use crate::hooks::Hooks;
 use crate::metrics::Endpoint;
-use crate::routes::{InlineRoute, RouteTable};
+use crate::routes::{InlineRoute, RouteContext, RouteSelector, RouteTable};
 use crate::stats::Counters;
 use crate::{mirror, WebSocket};
+use subscriber_runtime::layer::HandlerLayer;
 
 /// The plugin's name, in logs and in [`BuildError::Plugin`].
 pub(crate) const NAME: &str = "websocket";
@@ -36,6 +37,7 @@ pub(crate) const NAME: &str = "websocket";
 pub struct WebSocketServer {
     pub(crate) config: WebSocketConfig,
     pub(crate) routes: Vec<InlineRoute>,
+    pub(crate) route_layers: Vec<(Option<RouteSelector>, HandlerLayer<RouteContext>)>,
     pub(crate) hooks: Hooks,
     pub(crate) prometheus: Option<String>,
     handle: Option<WebSocket>,
@@ -87,8 +89,12 @@ impl Plugin for WebSocketServer {
             Some(_) => unreachable!("`prometheus` is only available with the `prometheus` feature"),
             None => Endpoint::default(),
         };
-        let routes =
-            RouteTable::build(std::mem::take(&mut self.routes), cx).map_err(plugin_error)?;
+        let routes = RouteTable::build(
+            std::mem::take(&mut self.routes),
+            &std::mem::take(&mut self.route_layers),
+            cx,
+        )
+        .map_err(plugin_error)?;
         let ws = WebSocket::new(
             ServerSetup {
                 config: self.config.clone(),

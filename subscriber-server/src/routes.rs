@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use subscriber_runtime::__private::{DynHandler, HandlerFuture};
+use subscriber_runtime::layer::HandlerLayer;
 use subscriber_runtime::plugin::PluginContext;
 use subscriber_runtime::{
     BoxError, Finish, FromContext, Handler, HandlerContext, Location, Publisher, Requirements,
@@ -57,6 +58,18 @@ impl HandlerContext for RouteContext {
 pub trait FrameContext: HandlerContext {
     /// The frame's context.
     fn route_context(&self) -> &RouteContext;
+}
+
+impl subscriber_runtime::layer::Keyed for RouteContext {
+    /// `type:action`.
+    fn channel(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Owned(format!("{}:{}", self.kind, self.action))
+    }
+
+    /// The frame's `data`.
+    fn payload(&self) -> &Value {
+        &self.data
+    }
 }
 
 impl FrameContext for RouteContext {
@@ -258,6 +271,10 @@ pub struct RouteRegistration {
     pub handler: fn(RouteContext) -> HandlerFuture<Option<Value>>,
     /// Declares what the handler's extractors need.
     pub requirements: fn(&mut Requirements),
+    /// The `timeout = "..."` key, when given.
+    pub timeout: Option<std::time::Duration>,
+    /// The `layer = ...` key: makes each layer, the first one outermost.
+    pub layers: &'static [fn() -> subscriber_runtime::layer::HandlerLayer<RouteContext>],
 }
 
 impl fmt::Debug for RouteRegistration {
@@ -352,12 +369,17 @@ impl InlineRoute {
     }
 }
 
+/// Picks the client routes a group layer applies to, by `type:action`.
+pub(crate) type RouteSelector = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// One route, ready to run.
 #[derive(Clone)]
 pub(crate) struct RouteEntry {
     pub(crate) name: Cow<'static, str>,
     pub(crate) description: &'static str,
     pub(crate) location: Location,
+    /// Its own timeout (the attribute's `timeout = "..."`), else the application's.
+    pub(crate) timeout: Option<std::time::Duration>,
     call: RouteCall,
 }
 
@@ -453,8 +475,26 @@ impl RouteTable {
     /// added its state.
     pub(crate) fn build(
         inline: Vec<InlineRoute>,
+        layers: &[(Option<RouteSelector>, HandlerLayer<RouteContext>)],
         cx: &mut PluginContext<'_>,
     ) -> Result<Self, ServerError> {
+        // The application's layers that pick `route`, then the route's own.
+        let wrap = |route: &str, call: RouteCall, own: Vec<HandlerLayer<RouteContext>>| {
+            let mut stack: Vec<HandlerLayer<RouteContext>> = layers
+                .iter()
+                .filter(|(select, _)| select.as_ref().is_none_or(|select| select(route)))
+                .map(|(_, layer)| layer.clone())
+                .collect();
+            stack.extend(own);
+            if stack.is_empty() {
+                return call;
+            }
+            let handler: DynHandler<RouteContext> = match call {
+                RouteCall::Static(f) => Arc::new(f),
+                RouteCall::Dyn(f) => f,
+            };
+            RouteCall::Dyn(subscriber_runtime::__private::layered(handler, &stack))
+        };
         let mut table = Self::default();
         let include_linked = cx.includes_linked();
         let mut check = |route: String, location: &Location, requirements: &Requirements| {
@@ -475,7 +515,9 @@ impl RouteTable {
                     file: r.file.to_owned(),
                     line: r.line,
                 };
-                check(format!("{}:{}", r.kind, r.action), &location, &requirements);
+                let route = format!("{}:{}", r.kind, r.action);
+                check(route.clone(), &location, &requirements);
+                let own = r.layers.iter().map(|layer| layer()).collect();
                 table.insert(
                     r.kind,
                     r.action,
@@ -483,7 +525,8 @@ impl RouteTable {
                         name: Cow::Borrowed(r.name),
                         description: r.description,
                         location,
-                        call: RouteCall::Static(r.handler),
+                        timeout: r.timeout,
+                        call: wrap(&route, RouteCall::Static(r.handler), own),
                     },
                 )?;
             }
@@ -496,6 +539,7 @@ impl RouteTable {
                 line: 0,
             };
             check(route.clone(), &location, &r.requirements);
+            let call = wrap(&route, RouteCall::Dyn(r.call), Vec::new());
             table.insert(
                 &r.kind,
                 &r.action,
@@ -503,7 +547,8 @@ impl RouteTable {
                     name: Cow::Owned(route),
                     description: "",
                     location,
-                    call: RouteCall::Dyn(r.call),
+                    timeout: None,
+                    call,
                 },
             )?;
         }

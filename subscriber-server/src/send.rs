@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -80,16 +81,20 @@ impl WebSocket {
     /// # let _ = admins;
     /// # }
     /// ```
+    ///
+    /// The predicate runs with no lock held: it may call back into the handle (read the cluster's
+    /// clients, set metadata, send). It sees the clients connected when the call began.
     pub fn broadcast_to_all_clients_where(
         &self,
         frame: impl Into<Frame>,
         predicate: impl Fn(&Client) -> bool,
     ) -> usize {
         let frame = frame.into();
-        let state = self.read();
-        state
-            .local
-            .values()
+        // The connections are handles: copied out under the lock, which is released before any
+        // user code runs.
+        let conns: Vec<Arc<Conn>> = self.read().local.values().cloned().collect();
+        conns
+            .iter()
             .filter(|conn| predicate(&conn.client) && self.deliver(conn, &frame))
             .count()
     }
@@ -151,11 +156,13 @@ impl WebSocket {
     /// Sends a frame to one client of this worker; false when it is not connected here (or is
     /// being disconnected).
     pub fn broadcast_to_client(&self, client: &ClientId, frame: impl Into<Frame>) -> bool {
+        // Converted before the lock is taken: `Into<Frame>` may be the application's code.
+        let frame = frame.into();
         let state = self.read();
         state
             .local
             .get(client)
-            .is_some_and(|conn| self.deliver(conn, &frame.into()))
+            .is_some_and(|conn| self.deliver(conn, &frame))
     }
 
     /// Sends the error frame `{"type":"error","action":"message","data":{"error":...}}` to one

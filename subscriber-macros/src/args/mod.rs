@@ -10,22 +10,25 @@
 //!   suggestions), shared with `route_args`;
 //! - `expr`: looking inside a value expression (invisible groups, plain paths, string literals);
 //! - `matching`: the values of `channel`, `channels` and `match`, and the duplicate check;
-//! - `values`: the values of `priority`, `name`, `description` and `crate`.
+//! - `values`: the values of `priority`, `name`, `description` and `crate`;
+//! - `running`: the values of `timeout` and `layer`, shared with `route_args`.
 
 mod expr;
 mod keys;
 mod matching;
+mod running;
 mod values;
 
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
-use syn::{Error, Ident, LitStr, Path, Token};
+use syn::{Error, Expr, Ident, LitStr, Path, Token};
 
 use crate::Errors;
 
 pub(crate) use expr::{string_literal, ungroup};
 pub(crate) use keys::{assign, closest_key, skip_value, unknown_key, value, Slot};
+pub(crate) use running::{layers, timeout};
 pub(crate) use values::{description, krate, name};
 
 use matching::{channel, channels, check_duplicates, matchers};
@@ -38,6 +41,8 @@ pub(crate) mod kw {
     syn::custom_keyword!(priority);
     syn::custom_keyword!(name);
     syn::custom_keyword!(description);
+    syn::custom_keyword!(timeout);
+    syn::custom_keyword!(layer);
 }
 
 /// Every key the attribute accepts, in the order the error messages list them.
@@ -46,6 +51,8 @@ pub(crate) const KEYS: &[&str] = &[
     "channels",
     "match",
     "priority",
+    "timeout",
+    "layer",
     "name",
     "description",
     "crate",
@@ -70,6 +77,10 @@ pub(crate) struct Args {
     /// Every matcher of `channel`, `channels` and `match`, in the order written.
     pub(crate) matchers: Vec<Matcher>,
     pub(crate) priority: i32,
+    /// `timeout = "..."`, in milliseconds.
+    pub(crate) timeout: Option<u64>,
+    /// `layer = ...`: the layer expressions, the first one outermost.
+    pub(crate) layers: Vec<Expr>,
     pub(crate) name: Option<LitStr>,
     pub(crate) description: Option<LitStr>,
     /// The path to the `switchboard` crate, when overridden.
@@ -84,6 +95,8 @@ struct Slots {
     channels: Slot<kw::channels, Vec<Matcher>>,
     matchers: Slot<Token![match], Vec<Matcher>>,
     priority: Slot<kw::priority, i32>,
+    timeout: Slot<kw::timeout, u64>,
+    layers: Slot<kw::layer, Vec<Expr>>,
     name: Slot<kw::name, LitStr>,
     description: Slot<kw::description, LitStr>,
     krate: Slot<Token![crate], Path>,
@@ -115,6 +128,10 @@ impl Parse for Args {
                 assign(input, &mut slots.matchers, &mut errors, matchers)?;
             } else if lookahead.peek(kw::priority) {
                 assign(input, &mut slots.priority, &mut errors, priority)?;
+            } else if lookahead.peek(kw::timeout) {
+                assign(input, &mut slots.timeout, &mut errors, timeout)?;
+            } else if lookahead.peek(kw::layer) {
+                assign(input, &mut slots.layers, &mut errors, layers)?;
             } else if lookahead.peek(kw::name) {
                 assign(input, &mut slots.name, &mut errors, name)?;
             } else if lookahead.peek(kw::description) {
@@ -159,6 +176,8 @@ impl Parse for Args {
         Ok(Args {
             matchers: all,
             priority: value(slots.priority).unwrap_or(0),
+            timeout: value(slots.timeout),
+            layers: value(slots.layers).unwrap_or_default(),
             name: value(slots.name),
             description: value(slots.description),
             krate: value(slots.krate),
@@ -213,6 +232,8 @@ mod tests {
             channel = "a",
             match = [regex("^b"), pattern("c*"), "*", is_admin],
             priority = -10,
+            timeout = "250ms",
+            layer = [a::b(1), c],
             name = "n",
             description = "d",
             crate = "sb"
@@ -230,6 +251,8 @@ mod tests {
             ]
         );
         assert_eq!(args.priority, -10);
+        assert_eq!(args.timeout, Some(250));
+        assert_eq!(args.layers.len(), 2);
         assert_eq!(args.name.unwrap().value(), "n");
         assert_eq!(args.description.unwrap().value(), "d");
         assert_eq!(args.krate.unwrap().to_token_stream().to_string(), "sb");
@@ -304,7 +327,7 @@ mod tests {
         assert_eq!(errors_of(quote!(channel = "")).len(), 1);
         // So does a misspelled key, which has its own error.
         assert_eq!(errors_of(quote!(chanels = ["a"])).len(), 1);
-        assert_eq!(errors_of(quote!(timeout = 5)).len(), 2);
+        assert_eq!(errors_of(quote!(retries = 5)).len(), 2);
     }
 
     #[test]
@@ -332,6 +355,46 @@ mod tests {
             assert_eq!(errors.len(), 1, "{tokens}: {errors:?}");
             assert!(errors[0].contains(expected), "{tokens}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn timeout_and_layer() {
+        let errors = errors_of(quote!(
+            channel = "a",
+            timeout = "5 seconds",
+            timeout = "1s",
+            layer = [],
+            layer = x,
+            layer = "y"
+        ));
+        // A repeated key's value is not checked: `"y"` only gets "given more than once".
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(
+            errors[0].starts_with("invalid timeout `5 seconds`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("`timeout` given more than once"),
+            "{errors:?}"
+        );
+        assert!(errors[2].starts_with("`layer` is empty"), "{errors:?}");
+        assert!(
+            errors[3].starts_with("`layer` given more than once"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[4].starts_with("`layer` given more than once"),
+            "{errors:?}"
+        );
+        let args = parse(quote!(
+            channel = "a",
+            layer = tower::limit::ConcurrencyLimitLayer::new(2)
+        ));
+        assert!(args.errors.is_empty());
+        assert_eq!(args.timeout, None);
+        assert_eq!(args.layers.len(), 1);
+        assert_eq!(closest_key("layers", KEYS), Some("layer"));
+        assert_eq!(closest_key("timout", KEYS), Some("timeout"));
     }
 
     #[test]

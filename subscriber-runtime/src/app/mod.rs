@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::broker::{Broker, MemoryBroker, Subscriptions};
+use crate::dispatch::registry::HandlerInfo;
 use crate::dispatch::registry::{self, RegistryOptions};
 use crate::dispatch::{DispatchConfig, DispatchEvent, Dispatcher, Observer};
 use crate::error::{BuildError, Error};
-use crate::handler::context::{Resources, StateMap};
+use crate::handler::context::{Context, Resources, StateMap};
 use crate::handler::subscriber::InlineSubscriber;
 use crate::message::envelope::PayloadLimits;
 use crate::message::matcher::Compiled;
@@ -36,6 +37,7 @@ pub struct Builder {
     max_concurrent_channels: usize,
     queue_capacity: usize,
     shutdown_grace: Duration,
+    invalid_log_interval: Duration,
     listen: BTreeSet<String>,
     framework_channels: bool,
     observers: Vec<Observer>,
@@ -67,6 +69,7 @@ impl Default for Builder {
             max_concurrent_channels: 64,
             queue_capacity: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            invalid_log_interval: Duration::from_secs(10),
             listen: BTreeSet::new(),
             framework_channels: true,
             observers: Vec::new(),
@@ -209,9 +212,59 @@ impl Builder {
         self
     }
 
-    /// Time the named handler may take per message, instead of the default.
+    /// Time the named handler may take per message, instead of the default (and of its
+    /// attribute's `timeout = "..."`).
     pub fn handler_timeout_for(mut self, name: impl Into<String>, timeout: Duration) -> Self {
         self.options.timeouts.insert(name.into(), timeout);
+        self
+    }
+
+    /// Wraps every subscriber handler in a tower layer (see [`layer`](crate::layer)). The
+    /// application's layers are the outermost, the first one given outside the others; group
+    /// layers ([`layer_for`](Self::layer_for)) and each handler's own come inside them. The
+    /// handler's timeout covers them all.
+    ///
+    /// ```
+    /// use switchboard::prelude::*;
+    ///
+    /// // At most 8 runs of each handler at a time, across all channels.
+    /// let builder = Switchboard::builder().layer(switchboard::tower::limit::ConcurrencyLimitLayer::new(8));
+    /// # let _ = builder;
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: crate::layer::IntoHandlerLayer<Context>,
+    {
+        self.options.layers.push((None, layer.into_handler_layer()));
+        self
+    }
+
+    /// Wraps the subscriber handlers that `select` picks (by name, module, matchers...) in a
+    /// tower layer, in the order of [`layer`](Self::layer) calls and after them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::layer::Backoff;
+    /// use switchboard::prelude::*;
+    ///
+    /// // Retry the handlers of the `billing` module, up to 3 attempts.
+    /// let builder = Switchboard::builder().layer_for(
+    ///     |h| h.location().module_path.contains("::billing"),
+    ///     switchboard::tower::retry::RetryLayer::new(Backoff::new(3, Duration::from_millis(20))),
+    /// );
+    /// # let _ = builder;
+    /// ```
+    pub fn layer_for<L>(
+        mut self,
+        select: impl Fn(&HandlerInfo) -> bool + Send + Sync + 'static,
+        layer: L,
+    ) -> Self
+    where
+        L: crate::layer::IntoHandlerLayer<Context>,
+    {
+        self.options
+            .layers
+            .push((Some(Arc::new(select)), layer.into_handler_layer()));
         self
     }
 
@@ -232,6 +285,15 @@ impl Builder {
     /// Limits on received payloads (size and nesting depth).
     pub fn payload_limits(mut self, limits: PayloadLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// At most one warning per this interval (default 10 s) about invalid input on one channel: a
+    /// payload that is not JSON (or too large, too deep), or an argument a handler rejected (per
+    /// handler and channel). Each one is counted ([`Stats`](crate::Stats)) whatever the interval;
+    /// the warning says how many were held back.
+    pub fn invalid_input_log_interval(mut self, interval: Duration) -> Self {
+        self.invalid_log_interval = interval;
         self
     }
 
@@ -381,6 +443,7 @@ impl Builder {
             max_concurrent_channels: self.max_concurrent_channels,
             max_pending: self.queue_capacity,
             worker_id: worker_id.clone(),
+            invalid_log_interval: self.invalid_log_interval,
         };
         let dispatcher = Dispatcher::new(
             entries,

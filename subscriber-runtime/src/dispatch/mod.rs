@@ -30,7 +30,7 @@ use crate::handler::context::{Context, Delivery, Resources};
 use crate::handler::HandlerFailure;
 use crate::message::envelope::{self, PayloadLimits};
 use crate::message::matcher::{Compiled, MatchContext};
-use crate::observe::stats::{Counters, InFlight};
+use crate::observe::stats::{Counters, InFlight, KeyedRateLimit};
 
 /// How one handler's run for one message ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,8 @@ pub enum Outcome {
     Panicked(String),
     /// It did not finish within its timeout.
     TimedOut(Duration),
+    /// A layer decided not to call it (rate limited, throttled, debounced): the reason.
+    Skipped(String),
 }
 
 impl Outcome {
@@ -94,6 +96,8 @@ pub(crate) struct DispatchConfig {
     pub(crate) max_concurrent_channels: usize,
     pub(crate) max_pending: usize,
     pub(crate) worker_id: Arc<str>,
+    /// At most one warning per this interval about invalid input on one channel (and handler).
+    pub(crate) invalid_log_interval: Duration,
 }
 
 struct Job {
@@ -116,7 +120,12 @@ pub(crate) struct Dispatcher {
     channel_permits: Arc<Semaphore>,
     pending_permits: Arc<Semaphore>,
     tracker: TaskTracker,
+    /// Warnings about invalid payloads and rejected arguments, per channel and handler.
+    invalid_log: KeyedRateLimit,
 }
+
+/// The key of the warnings about a channel's invalid payloads (no handler).
+const NO_HANDLER: u32 = u32::MAX;
 
 impl Dispatcher {
     /// `named`: the channels the application names besides its handlers' exact channels (they
@@ -137,6 +146,7 @@ impl Dispatcher {
             shared,
             channel_permits: Arc::new(Semaphore::new(config.max_concurrent_channels.max(1))),
             pending_permits: Arc::new(Semaphore::new(config.max_pending.max(1))),
+            invalid_log: KeyedRateLimit::new(config.invalid_log_interval),
             config,
             counters,
             in_flight,
@@ -209,15 +219,18 @@ impl Dispatcher {
             Err(error) => {
                 Counters::inc(&self.counters.invalid_payloads);
                 self.counters.metrics.dropped_invalid.increment(1);
-                tracing::warn!(
-                    channel = %channel,
-                    worker_id = %self.config.worker_id,
-                    size = payload.len(),
-                    reason = error.reason(),
-                    preview = %envelope::preview(&payload),
-                    %error,
-                    "invalid payload dropped"
-                );
+                if let Some(suppressed) = self.invalid_log.allow((NO_HANDLER, &channel)) {
+                    tracing::warn!(
+                        channel = %channel,
+                        worker_id = %self.config.worker_id,
+                        size = payload.len(),
+                        reason = error.reason(),
+                        preview = %envelope::preview(&payload),
+                        %error,
+                        suppressed,
+                        "invalid payload dropped (at most one such warning per channel per interval; `suppressed` counts the ones held back since the last)"
+                    );
+                }
                 self.observe(|| DispatchEvent::Invalid {
                     channel: channel.clone(),
                     reason: error.to_string(),
@@ -340,7 +353,9 @@ impl Dispatcher {
                     continue;
                 }
                 let started = Instant::now();
-                let outcome = self.run_handler(entry, cx, &delivery.channel).await;
+                let outcome = self
+                    .run_handler(candidate.handler, entry, cx, &delivery.channel)
+                    .await;
                 ran += 1;
                 self.observe(|| DispatchEvent::Ran {
                     handler: entry.info.name.to_string(),
@@ -436,6 +451,7 @@ impl Dispatcher {
         let error = match result {
             Ok(Ok(())) => return,
             Ok(Err(HandlerFailure::Rejected(e) | HandlerFailure::Failed(e))) => error_chain(&*e),
+            Ok(Err(HandlerFailure::Skipped(_))) => return,
             Err(panic) => panic,
         };
         tracing::error!(
@@ -447,7 +463,15 @@ impl Dispatcher {
         );
     }
 
-    async fn run_handler(&self, entry: &Entry, cx: Context, channel: &str) -> Outcome {
+    async fn run_handler(
+        &self,
+        index: u32,
+        entry: &Entry,
+        cx: Context,
+        channel: &Arc<str>,
+    ) -> Outcome {
+        let channel_key = channel;
+        let channel: &str = channel;
         Counters::inc(&self.counters.handler_runs);
         let metrics = entry.metrics();
         metrics.runs.increment(1);
@@ -475,6 +499,9 @@ impl Dispatcher {
                     Ok(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
                     Ok(Ok(Err(HandlerFailure::Rejected(e)))) => Outcome::Rejected(error_chain(&*e)),
                     Ok(Ok(Err(HandlerFailure::Failed(e)))) => Outcome::Failed(error_chain(&*e)),
+                    Ok(Ok(Err(HandlerFailure::Skipped(skip)))) => {
+                        Outcome::Skipped(skip.reason().to_owned())
+                    }
                     Ok(Ok(Ok(()))) => Outcome::Completed,
                 }
             }
@@ -504,13 +531,27 @@ impl Dispatcher {
             Outcome::Rejected(reason) => {
                 Counters::inc(&self.counters.handler_rejections);
                 metrics.rejections.increment(1);
-                tracing::warn!(
+                if let Some(suppressed) = self.invalid_log.allow((index, channel_key)) {
+                    tracing::warn!(
+                        handler = %info.name,
+                        channel,
+                        worker_id = %self.config.worker_id,
+                        description = %info.description,
+                        %reason,
+                        suppressed,
+                        "subscriber handler skipped: an argument was rejected (at most one such warning per handler and channel per interval; `suppressed` counts the ones held back since the last)"
+                    );
+                }
+            }
+            Outcome::Skipped(reason) => {
+                Counters::inc(&self.counters.handler_skips);
+                metrics.skips.increment(1);
+                tracing::debug!(
                     handler = %info.name,
                     channel,
                     worker_id = %self.config.worker_id,
-                    description = %info.description,
                     %reason,
-                    "subscriber handler skipped: an argument was rejected"
+                    "subscriber handler skipped by a layer"
                 );
             }
             Outcome::Panicked(panic) => {
@@ -552,12 +593,17 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// The error's text followed by its sources', each left out when the text already ends with it
+/// (an error that prints its source, as many do, would otherwise say it twice).
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let said = s.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = s.source();
     }
     text

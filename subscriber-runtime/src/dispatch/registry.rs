@@ -4,11 +4,13 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{BuildError, Location};
 use crate::handler::context::{Context, StateMap};
 use crate::handler::extract::Requirements;
+use crate::handler::layer::{self, HandlerLayer, HandlerService};
 use crate::handler::registration::{self, MatcherSpec, Registration};
 use crate::handler::subscriber::{DynCall, InlineSubscriber};
 use crate::handler::HandlerFuture;
@@ -108,6 +110,8 @@ impl Meta {
 pub(crate) enum Call {
     Static(fn(Context) -> HandlerFuture),
     Dyn(DynCall),
+    /// A handler in its layers.
+    Layered(HandlerService<Context>),
 }
 
 impl Call {
@@ -115,7 +119,21 @@ impl Call {
         match self {
             Self::Static(f) => f(cx),
             Self::Dyn(f) => f(cx),
+            Self::Layered(service) => service.run(cx),
         }
+    }
+
+    /// The handler wrapped in `layers` (the first one outermost).
+    fn layered(self, layers: &[HandlerLayer]) -> Self {
+        if layers.is_empty() {
+            return self;
+        }
+        let base = match self {
+            Self::Static(f) => HandlerService::from_handler(Arc::new(f)),
+            Self::Dyn(f) => HandlerService::from_handler(f),
+            Self::Layered(service) => service,
+        };
+        Self::Layered(layer::stack(base, layers))
     }
 }
 
@@ -166,6 +184,8 @@ struct Candidate {
     call: Call,
     kinds: Vec<MatcherKind>,
     timeout: Option<Duration>,
+    /// The handler's own layers (the attribute's `layer = ...`, `Subscriber::layer`).
+    layers: Vec<HandlerLayer>,
     requirements: Requirements,
 }
 
@@ -194,7 +214,8 @@ fn from_registration(r: &'static Registration) -> Candidate {
         },
         call: Call::Static(r.handler),
         kinds,
-        timeout: None,
+        timeout: r.timeout,
+        layers: r.layers.iter().map(|layer| layer()).collect(),
         requirements,
     }
 }
@@ -218,6 +239,7 @@ fn from_inline(s: InlineSubscriber, index: usize) -> Result<Candidate, BuildErro
         call: Call::Dyn(s.call),
         kinds,
         timeout: s.spec.timeout,
+        layers: s.spec.layers,
         requirements: s.requirements,
     })
 }
@@ -231,7 +253,13 @@ pub(crate) struct RegistryOptions {
     pub(crate) without_linked: bool,
     /// Per-handler timeouts by name.
     pub(crate) timeouts: HashMap<String, Duration>,
+    /// The application's layers, each for every handler (`None`) or the handlers a selector picks;
+    /// the first one outermost.
+    pub(crate) layers: Vec<(Option<Selector>, HandlerLayer)>,
 }
+
+/// Picks the handlers a group layer applies to.
+pub(crate) type Selector = Arc<dyn Fn(&HandlerInfo) -> bool + Send + Sync>;
 
 /// Collects, validates and sorts every handler.
 pub(crate) fn build(
@@ -326,14 +354,35 @@ pub(crate) fn build(
                 .copied()
                 .or(c.timeout)
         };
-        entries.push(Entry {
+        let mut entry = Entry {
             info: c.info,
             call: c.call,
             matchers,
             timeout,
             metrics: std::sync::OnceLock::new(),
             internal: false,
-        });
+        };
+        // The application's layers, then the group layers that pick it, then its own.
+        if !options.layers.is_empty() || !c.layers.is_empty() {
+            let info = options
+                .layers
+                .iter()
+                .any(|(selector, _)| selector.is_some())
+                .then(|| entry.handler_info());
+            let mut layers: Vec<HandlerLayer> = options
+                .layers
+                .iter()
+                .filter(|(selector, _)| match (selector, &info) {
+                    (None, _) => true,
+                    (Some(select), Some(info)) => select(info),
+                    (Some(_), None) => false,
+                })
+                .map(|(_, layer)| layer.clone())
+                .collect();
+            layers.extend(c.layers);
+            entry.call = entry.call.layered(&layers);
+        }
+        entries.push(entry);
     }
     Ok(entries)
 }

@@ -3,8 +3,10 @@
 //! routes are called with its `RouteContext`). One extractor trait ([`FromContext`]), one
 //! [`Handler`] trait, arities generated once.
 
+pub(crate) mod blocking;
 pub(crate) mod context;
 pub(crate) mod extract;
+pub mod layer;
 pub(crate) mod registration;
 pub(crate) mod subscriber;
 
@@ -38,14 +40,20 @@ impl<R: IntoHandlerResult> Finish<R> for Context {
     }
 }
 
-/// Why one handler did not complete for one call.
-#[doc(hidden)]
-#[derive(Debug)]
+/// Why one handler did not complete for one call: the error of a
+/// [`HandlerService`](crate::layer::HandlerService), what layers see.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandlerFailure {
     /// An argument could not be extracted (e.g. the payload does not deserialize into `T`).
+    #[error("{0}")]
     Rejected(BoxError),
-    /// The handler returned an error.
+    /// The handler (or a layer) returned an error.
+    #[error("{0}")]
     Failed(BoxError),
+    /// A layer decided not to call the handler.
+    #[error("{0}")]
+    Skipped(crate::layer::Skipped),
 }
 
 /// The future that runs one handler for one call; `O` is the context's
@@ -88,6 +96,13 @@ impl<E: Into<BoxError>> IntoHandlerResult for Result<(), E> {
 pub enum Async {}
 
 /// Marker for handlers that are plain (synchronous) closures or functions. See [`Handler`].
+///
+/// A plain handler runs on tokio's blocking pool, never on an async worker thread, so that it may
+/// block (a synchronous driver, a sleep) without stalling other handlers, and its timeout applies
+/// as to an `async` one: when it expires, the call ends as timed out and the result that comes
+/// later is discarded and counted ([`Stats::late_results`](crate::Stats::late_results)). The
+/// hand-over costs a few microseconds: a handler that never blocks is cheaper as an `async fn`. A
+/// plain closure must be `Clone` (it is moved to the blocking thread).
 #[derive(Debug)]
 pub enum Blocking {}
 
@@ -150,15 +165,16 @@ macro_rules! impl_handler {
         #[diagnostic::do_not_recommend]
         impl<F, R, Cx, $($ty,)*> Handler<(Blocking, $($ty,)*), Cx> for F
         where
-            F: Fn($($ty),*) -> R + Send + Sync + 'static,
+            F: Fn($($ty),*) -> R + Clone + Send + Sync + 'static,
             Cx: Finish<R>,
             $($ty: FromContext<Cx> + Send + 'static,)*
         {
             fn call(&self, cx: Cx) -> HandlerFuture<Cx::Output> {
                 $(let $ty = extract_or_reject!(cx, $ty);)*
+                let resources = cx.resources().clone();
                 drop(cx);
-                let result = Cx::finish((self)($($ty),*)).map_err(HandlerFailure::Failed);
-                Box::pin(std::future::ready(result))
+                let f = self.clone();
+                Box::pin(blocking::run_blocking(resources, move || Cx::finish(f($($ty),*))))
             }
             fn requirements(requirements: &mut Requirements) {
                 $(<$ty as FromContext<Cx>>::requirements(requirements);)*

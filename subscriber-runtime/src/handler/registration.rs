@@ -30,6 +30,10 @@ pub struct Registration {
     pub handler: fn(Context) -> HandlerFuture,
     /// Declares what the handler's extractors need (state types).
     pub requirements: fn(&mut Requirements),
+    /// The `timeout = "..."` key, when given.
+    pub timeout: Option<std::time::Duration>,
+    /// The `layer = ...` key: makes each layer, the first one outermost.
+    pub layers: &'static [fn() -> crate::handler::layer::HandlerLayer],
 }
 
 impl fmt::Debug for Registration {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::handler::context::Context;
 use crate::handler::extract::Requirements;
+use crate::handler::layer::{HandlerLayer, IntoHandlerLayer};
 use crate::handler::{Handler, HandlerFuture};
 use crate::message::matcher::{MatchContext, Matcher};
 
@@ -34,6 +35,7 @@ pub struct Subscriber {
     pub(crate) description: String,
     pub(crate) priority: i32,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) layers: Vec<HandlerLayer>,
 }
 
 impl fmt::Debug for Subscriber {
@@ -68,6 +70,7 @@ impl Subscriber {
             description: String::new(),
             priority: 0,
             timeout: None,
+            layers: Vec::new(),
         }
     }
 
@@ -103,6 +106,28 @@ impl Subscriber {
     /// A timeout for this handler, instead of the application's default.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Wraps this handler in a tower layer (see [`layer`](crate::layer)); called again, the
+    /// first layer given is the outermost. The application's layers are outside them all.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::layer::ThrottleLayer;
+    /// use switchboard::prelude::*;
+    ///
+    /// let presence = Subscriber::channels(["cursor"])
+    ///     .name("cursorPositions")
+    ///     .layer(ThrottleLayer::new(Duration::from_millis(50)))
+    ///     .handle(|Message(m): Message| async move { tracing::trace!(%m, "cursor") });
+    /// # let _ = presence;
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: IntoHandlerLayer<Context>,
+    {
+        self.layers.push(layer.into_handler_layer());
         self
     }
 

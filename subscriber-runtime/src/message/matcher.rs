@@ -29,6 +29,33 @@ impl<'a> MatchContext<'a> {
     pub fn message(&self) -> &'a Value {
         self.message
     }
+
+    /// A property of the payload by a dotted path: `"type"`, `"user.id"`, `"items.0.name"`
+    /// (a number indexes an array). `None` when a step is missing, or `null`.
+    ///
+    /// ```
+    /// use switchboard::MatchContext;
+    /// use switchboard::serde_json::json;
+    ///
+    /// let message = json!({"type": "analytics", "nested": {"deep": {"value": "test"}}});
+    /// let m = MatchContext::new("events", &message);
+    /// assert_eq!(m.property("nested.deep.value"), Some(&json!("test")));
+    /// assert_eq!(m.property("nested.missing.value"), None);
+    /// ```
+    pub fn property(&self, path: &str) -> Option<&'a Value> {
+        property(self.message, path)
+    }
+}
+
+/// The value at a dotted path (the reference's `getNestedProperty`).
+pub(crate) fn property<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.')
+        .try_fold(value, |value, step| match value {
+            Value::Object(map) => map.get(step),
+            Value::Array(items) => step.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        })
+        .filter(|value| !value.is_null())
 }
 
 pub(crate) type PredicateFn = Arc<dyn Fn(&MatchContext<'_>) -> bool + Send + Sync>;
@@ -69,6 +96,39 @@ impl Matcher {
     /// no match (and is logged).
     pub fn predicate(f: impl Fn(&MatchContext<'_>) -> bool + Send + Sync + 'static) -> Self {
         Self(MatcherKind::Predicate(Arc::new(f)))
+    }
+
+    /// Matches when the payload property at a dotted path ([`MatchContext::property`]) equals
+    /// `value` (JSON equality: `1` and `1.0` differ, as `===` would have them).
+    ///
+    /// ```
+    /// use switchboard::prelude::*;
+    /// use switchboard::serde_json::json;
+    ///
+    /// let analytics = Subscriber::matching([Matcher::property("type", json!("analytics"))])
+    ///     .name("analytics")
+    ///     .handle(|Message(m): Message| async move { tracing::info!(%m, "tracked") });
+    /// # let _ = analytics;
+    /// ```
+    pub fn property(path: impl Into<String>, value: impl Into<Value>) -> Self {
+        let (path, value) = (path.into(), value.into());
+        Self::predicate(move |m| m.property(&path) == Some(&value))
+    }
+
+    /// Matches when the payload property at a dotted path exists and `test` accepts it.
+    ///
+    /// ```
+    /// use switchboard::Matcher;
+    ///
+    /// let urgent = Matcher::property_where("priority", |p| p.as_i64().is_some_and(|p| p > 3));
+    /// # let _ = urgent;
+    /// ```
+    pub fn property_where(
+        path: impl Into<String>,
+        test: impl Fn(&Value) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let path = path.into();
+        Self::predicate(move |m| m.property(&path).is_some_and(&test))
     }
 }
 

@@ -50,6 +50,11 @@ counters! {
     handler_panics,
     /// Handlers that did not finish within their timeout.
     handler_timeouts,
+    /// Handler runs a layer skipped (rate limited, throttled, debounced).
+    handler_skips,
+    /// Plain `fn` handlers that finished after their caller gave up (their timeout); the result
+    /// was discarded.
+    late_results,
     /// Predicates that panicked (counted as no match).
     predicate_panics,
     /// Broker reconnects.
@@ -145,5 +150,54 @@ impl RateLimit {
                 Some(std::mem::take(&mut state.1))
             }
         }
+    }
+}
+
+/// Lets a warning about one key (a channel, a handler on a channel) through at most once per
+/// interval, counting what it held back; keeps at most 4,096 keys (the oldest go first).
+#[derive(Debug)]
+pub(crate) struct KeyedRateLimit {
+    period: Duration,
+    /// Per key: when its warning was last let through, and how many were held back since.
+    state: Mutex<std::collections::HashMap<LogKey, (Instant, u64)>>,
+}
+
+/// A handler's index (or `u32::MAX` for none) and a channel.
+type LogKey = (u32, std::sync::Arc<str>);
+
+impl KeyedRateLimit {
+    const MAX_KEYS: usize = 4096;
+
+    pub(crate) fn new(period: Duration) -> Self {
+        Self {
+            period,
+            state: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// `Some(suppressed since the last one)` when the warning about `key` may be logged now.
+    pub(crate) fn allow(&self, key: (u32, &std::sync::Arc<str>)) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if let Some((last, held)) = state.get_mut(&(key.0, key.1.clone())) {
+            if now.duration_since(*last) < self.period {
+                *held += 1;
+                return None;
+            }
+            *last = now;
+            return Some(std::mem::take(held));
+        }
+        if state.len() >= Self::MAX_KEYS {
+            let period = self.period;
+            state.retain(|_, (last, _)| now.duration_since(*last) < period);
+            if state.len() >= Self::MAX_KEYS {
+                state.clear();
+            }
+        }
+        state.insert((key.0, key.1.clone()), (now, 0));
+        Some(0)
     }
 }

@@ -24,6 +24,10 @@ pub(crate) const HANDLER_ERRORS: &str = "switchboard_handler_errors_total";
 pub(crate) const HANDLER_REJECTIONS: &str = "switchboard_handler_rejections_total";
 pub(crate) const HANDLER_PANICS: &str = "switchboard_handler_panics_total";
 pub(crate) const HANDLER_TIMEOUTS: &str = "switchboard_handler_timeouts_total";
+pub(crate) const HANDLER_SKIPS: &str = "switchboard_handler_skips_total";
+/// Plain `fn` handlers that finished after their caller gave up (their timeout): the result was
+/// discarded.
+pub(crate) const LATE_RESULTS: &str = "switchboard_handler_late_results_total";
 /// Time of one handler run.
 pub const HANDLER_DURATION: &str = "switchboard_handler_duration_seconds";
 pub(crate) const PREDICATE_PANICS: &str = "switchboard_predicate_panics_total";
@@ -49,6 +53,7 @@ pub(crate) struct Metrics {
     pub(crate) skipped_unrouted: Counter,
     pub(crate) dispatch_duration: Histogram,
     pub(crate) reconnects: Counter,
+    pub(crate) late_results: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +65,7 @@ impl Default for Metrics {
             skipped_unrouted: Counter::noop(),
             dispatch_duration: Histogram::noop(),
             reconnects: Counter::noop(),
+            late_results: Counter::noop(),
         }
     }
 }
@@ -75,6 +81,7 @@ impl Metrics {
             skipped_unrouted: metrics::counter!(MESSAGES_SKIPPED, "reason" => "no_handler"),
             dispatch_duration: metrics::histogram!(DISPATCH_DURATION),
             reconnects: metrics::counter!(BROKER_RECONNECTS),
+            late_results: metrics::counter!(LATE_RESULTS),
         }
     }
 }
@@ -87,6 +94,7 @@ pub(crate) struct HandlerMetrics {
     pub(crate) rejections: Counter,
     pub(crate) panics: Counter,
     pub(crate) timeouts: Counter,
+    pub(crate) skips: Counter,
     pub(crate) predicate_panics: Counter,
     pub(crate) duration: Histogram,
 }
@@ -99,6 +107,7 @@ impl Default for HandlerMetrics {
             rejections: Counter::noop(),
             panics: Counter::noop(),
             timeouts: Counter::noop(),
+            skips: Counter::noop(),
             predicate_panics: Counter::noop(),
             duration: Histogram::noop(),
         }
@@ -115,6 +124,7 @@ impl HandlerMetrics {
             rejections: metrics::counter!(HANDLER_REJECTIONS, &label()),
             panics: metrics::counter!(HANDLER_PANICS, &label()),
             timeouts: metrics::counter!(HANDLER_TIMEOUTS, &label()),
+            skips: metrics::counter!(HANDLER_SKIPS, &label()),
             predicate_panics: metrics::counter!(PREDICATE_PANICS, &label()),
             duration: metrics::histogram!(HANDLER_DURATION, &label()),
         }
@@ -156,6 +166,14 @@ fn describe() {
     describe_counter!(
         HANDLER_TIMEOUTS,
         "Subscriber handlers cancelled by their timeout"
+    );
+    describe_counter!(
+        HANDLER_SKIPS,
+        "Subscriber handler runs a layer skipped (rate limited, throttled, debounced)"
+    );
+    describe_counter!(
+        LATE_RESULTS,
+        "Plain fn handlers that finished after their timeout; their result was discarded"
     );
     describe_histogram!(
         HANDLER_DURATION,

@@ -3,7 +3,7 @@ use switchboard::prelude::*;
 #[websocket_subscriber(chanel = "x")]
 fn typo() {}
 
-#[websocket_subscriber(channel = "x", timeout = 5)]
+#[websocket_subscriber(channel = "x", retries = 5)]
 fn unsupported() {}
 
 fn main() {}

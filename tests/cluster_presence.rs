@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use redis_server::RedisServer;
 use serde_json::json;
-use support::{observed, token, Server, WsClient, DEADLINE, SECRET};
+use support::{observed, token, Server, ServerExt, SocketClient, Welcomed, DEADLINE, SECRET};
 use switchboard::broker::RedisBroker;
 use switchboard::prelude::*;
 use switchboard::testing::MockRedis;
@@ -90,7 +90,7 @@ async fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool
 }
 
 /// The actions of the frames a client reads before the `test/marker` frame.
-async fn read_until_marker(client: &mut WsClient) -> Vec<String> {
+async fn read_until_marker(client: &mut SocketClient) -> Vec<String> {
     let mut frames = Vec::new();
     loop {
         let frame = client.next_json().await;
@@ -101,7 +101,7 @@ async fn read_until_marker(client: &mut WsClient) -> Vec<String> {
     }
 }
 
-async fn join(client: &mut WsClient, room: &str) {
+async fn join(client: &mut SocketClient, room: &str) {
     client
         .send_json(json!({"type": "system", "action": "joinRoom", "data": {"roomName": room}}))
         .await;
@@ -112,7 +112,7 @@ async fn join(client: &mut WsClient, room: &str) {
 /// A client that connects, joins a room and leaves: gracefully when `graceful`, otherwise by
 /// dropping its TCP connection without a close frame.
 async fn churn_one(url: &str, room: &str, graceful: bool) {
-    let mut client = WsClient::connect(url).await.welcomed().await;
+    let mut client = SocketClient::connect(url).await.welcomed().await;
     join(&mut client, room).await;
     if graceful {
         client.close().await;
@@ -191,7 +191,7 @@ async fn a_killed_worker_s_clients_disappear_within_the_presence_ttl() {
     );
     let mut clients = Vec::new();
     for _ in 0..20 {
-        clients.push(WsClient::connect(&ws_url).await);
+        clients.push(SocketClient::connect(&ws_url).await);
     }
     let ws = a.ws();
     eventually(
@@ -379,7 +379,7 @@ async fn concurrent_joins_on_two_workers_give_both_the_true_member_counts() {
         for i in 0..200 {
             let url = server.url(None);
             joins.push(tokio::spawn(async move {
-                let mut client = WsClient::connect(&url).await.welcomed().await;
+                let mut client = SocketClient::connect(&url).await.welcomed().await;
                 join(&mut client, &format!("room-{}", (i + n) % 10)).await;
                 client
             }));

@@ -14,7 +14,7 @@ use switchboard::prelude::*;
 use switchboard::{DisconnectReason, Error, ServerError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{base, next_disconnect, observed, Server, DEADLINE};
+use support::{base, next_disconnect, observed, Server, ServerExt, DEADLINE};
 
 /// A scrape: the status line, the headers (lower-case names) and the samples by series.
 struct Scrape {

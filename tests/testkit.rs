@@ -123,3 +123,78 @@ async fn a_burst_of_connects_reaches_the_other_worker() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Workers of one application on one Redis (the server at `REDIS_URL`, else the kit's mock): what
+/// crosses workers is seen right after `settle`, with no sleep and no polling.
+#[tokio::test]
+async fn a_test_cluster_sees_across_workers_right_after_settle() {
+    use switchboard::testing::TestCluster;
+    let cluster = TestCluster::start(3, |_| {
+        app()
+            .subscriber(Subscriber::channels(["orders"]).name("audit").handle(
+                |Message(m): Message, publisher: Publisher| async move {
+                    // A message that triggers another one, on every worker.
+                    if m["id"] == 1 {
+                        publisher
+                            .publish_including_sender("orders:audited", &json!({"id": 1}))
+                            .await?;
+                    }
+                    Ok::<_, switchboard::BoxError>(())
+                },
+            ))
+            .subscriber(
+                Subscriber::channels(["orders:audited"])
+                    .name("audited")
+                    .handle(|| async {}),
+            )
+    })
+    .await
+    .unwrap();
+
+    // An outsider's message runs on every worker, and what it triggered too (3 × 3 `audited`).
+    let dispatches = cluster.publish("orders", &json!({"id": 1})).await.unwrap();
+    assert_eq!(dispatches.len(), 3);
+    for d in &dispatches {
+        let mut handlers = d.handlers();
+        handlers.sort_unstable();
+        assert_eq!(
+            handlers,
+            ["audit", "audited", "audited", "audited"],
+            "{d:?}"
+        );
+    }
+
+    // A client of worker 0 joins a room: worker 2 sees it at once after `settle`.
+    let mut ada = cluster.worker(0).connect_client();
+    ada.push("system", "joinRoom", json!({"roomName": "lobby"}))
+        .await;
+    assert_eq!(
+        ada.assert_reply("system", "joinRoom").await["success"],
+        true
+    );
+    cluster.settle().await;
+    let far = cluster.worker(2).running().websocket();
+    assert!(far.is_connected(ada.id()));
+    assert_eq!(far.room_members("lobby"), [ada.id().clone()]);
+
+    // Sends from another worker reach it once.
+    assert!(far
+        .send_to_client(ada.id(), Outgoing::new("direct", "hello", 1))
+        .await
+        .unwrap());
+    far.broadcast_to_room_everywhere("lobby", Outgoing::new("room", "hello", 2))
+        .await
+        .unwrap();
+    cluster.settle().await;
+    assert_eq!(ada.assert_push("direct", "hello").await, json!(1));
+    assert_eq!(ada.assert_push("room", "hello").await, json!(2));
+    ada.refute_push("direct", "hello").await;
+
+    // It leaves: gone everywhere after `settle`.
+    drop(ada);
+    cluster.settle().await;
+    for worker in cluster.workers() {
+        assert_eq!(worker.running().websocket().cluster_client_count(), 0);
+    }
+    cluster.shutdown().await;
+}

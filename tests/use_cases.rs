@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use subscriber_jobs::JobBackend;
-use support::{observed, Server, WsClient, DEADLINE};
+use support::{observed, Server, ServerExt, SocketClient, TestServer, DEADLINE};
 use switchboard::broker::RedisBroker;
 use switchboard::prelude::*;
 use switchboard::testing::MockRedis;
@@ -81,7 +81,7 @@ impl Bus {
     }
 }
 
-async fn join(client: &mut WsClient, room: &str) {
+async fn join(client: &mut SocketClient, room: &str) {
     client
         .send_json(json!({"type": "system", "action": "joinRoom", "data": {"roomName": room}}))
         .await;
@@ -91,7 +91,7 @@ async fn join(client: &mut WsClient, room: &str) {
 
 /// Sends every client of both workers a marker frame: whatever a client reads before it is what
 /// it received before the marker, so "received nothing" can be asserted without sleeping.
-async fn marker(a: &Server, n: u32) -> Value {
+async fn marker(a: &TestServer, n: u32) -> Value {
     let frame = json!({"type": "test", "action": "marker", "data": n});
     a.ws().send_message_to_all(frame.clone()).await.unwrap();
     frame

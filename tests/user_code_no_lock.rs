@@ -63,7 +63,7 @@ fn end() -> Outgoing {
 }
 
 /// Reads a client's frames up to the `test/end` frame; returns them (without it).
-async fn until_end(client: &mut WsClient) -> Vec<Value> {
+async fn until_end(client: &mut SocketClient) -> Vec<Value> {
     let mut frames = Vec::new();
     loop {
         let frame = client.next_json().await;
@@ -97,7 +97,7 @@ fn a_predicate_reading_the_handle_while_clients_connect() {
                     let _done = SetOnDrop(done);
                     let mut clients = Vec::with_capacity(CLIENTS);
                     for i in 0..CLIENTS {
-                        let client = WsClient::connect(&url).await.welcomed().await;
+                        let client = SocketClient::connect(&url).await.welcomed().await;
                         let selected = i % 2 == 0;
                         ws.set_client_metadata(client.id(), json!({ "selected": selected }))
                             .expect("the client is connected here");

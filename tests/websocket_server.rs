@@ -19,7 +19,7 @@ fn with_secret(builder: switchboard::Builder) -> switchboard::Builder {
 
 /// Asserts that `client` receives `expected` next, and nothing before it: used after a send that
 /// must not have reached the client, followed by a marker that reaches everyone.
-async fn next_is(client: &mut support::WsClient, expected: &Value) {
+async fn next_is(client: &mut support::SocketClient, expected: &Value) {
     let got = client.next_json().await;
     assert_eq!(
         &got, expected,
@@ -264,7 +264,7 @@ async fn join_leave_and_room_broadcast() {
     }
 }
 
-async fn join(client: &mut support::WsClient, room: &str) {
+async fn join(client: &mut support::SocketClient, room: &str) {
     client
         .send_json(json!({"type": "system", "action": "joinRoom", "data": {"roomName": room}}))
         .await;
@@ -769,7 +769,7 @@ async fn the_router_mounts_into_a_user_app() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let mut client = support::WsClient::connect(&format!("ws://{addr}/ws")).await;
+    let mut client = support::SocketClient::connect(&format!("ws://{addr}/ws")).await;
     client.send_text("null").await;
     assert_eq!(
         client.next_json().await["data"]["error"],

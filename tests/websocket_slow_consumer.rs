@@ -71,7 +71,7 @@ async fn a_stalled_client_is_disconnected_and_the_others_receive_everything() {
     let tcp = TcpSocket::new_v4().unwrap();
     tcp.set_recv_buffer_size(4096).unwrap();
     let tcp = tcp.connect(server.addr).await.unwrap();
-    let stalled = support::WsClient::from_stream(&server.url(None), tcp)
+    let stalled = support::SocketClient::connect_over(&server.url(None), tcp)
         .await
         .welcomed()
         .await;

@@ -343,6 +343,14 @@ impl WebSocket {
         Ok(())
     }
 
+    /// Waits until every presence change of this worker's clients made before the call is in the
+    /// presence store and announced to the other workers (at once without a store). Not public
+    /// API: the test kit's cluster waits for it before it looks at another worker.
+    #[doc(hidden)]
+    pub async fn presence_flushed(&self) {
+        self.inner.presence.flushed().await;
+    }
+
     /// Registers an in-process client (the test kit's) whose frames arrive on the returned
     /// receiver (a queue of `capacity` frames). Not public API.
     #[doc(hidden)]

@@ -91,6 +91,10 @@ pub(crate) struct Presence {
     /// The next write replaces the whole table.
     replace: AtomicBool,
     warn: RateLimit,
+    /// Changes marked so far (with `dirty`, under its lock), and the count of them written.
+    changed: AtomicU64,
+    written: AtomicU64,
+    flushed: Notify,
 }
 
 impl std::fmt::Debug for Presence {
@@ -113,6 +117,45 @@ impl Presence {
             seq: AtomicU64::new(0),
             replace: AtomicBool::new(true),
             warn: RateLimit::new(Duration::from_secs(10)),
+            changed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            flushed: Notify::new(),
+        }
+    }
+
+    /// Takes the dirty clients, with the count of changes they stand for.
+    fn take_dirty(&self) -> (HashSet<ClientId>, u64) {
+        let mut dirty = self
+            .dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (
+            std::mem::take(&mut *dirty),
+            self.changed.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The changes counted in `upto` are in the store.
+    fn mark_written(&self, upto: u64) {
+        self.written.fetch_max(upto, Ordering::SeqCst);
+        self.flushed.notify_waiters();
+    }
+
+    /// Waits until every change marked before the call is in the store (and its feed message
+    /// published): what a test waits for before it looks at another worker.
+    pub(crate) async fn flushed(&self) {
+        if self.store.is_none() {
+            return;
+        }
+        let target = self.changed.load(Ordering::SeqCst);
+        loop {
+            let notified = self.flushed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.written.load(Ordering::SeqCst) >= target {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -121,10 +164,14 @@ impl Presence {
         if self.store.is_none() {
             return;
         }
-        self.dirty
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone());
+        {
+            let mut dirty = self
+                .dirty
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            dirty.insert(id.clone());
+            self.changed.fetch_add(1, Ordering::SeqCst);
+        }
         self.wake.notify_one();
     }
 
@@ -223,16 +270,9 @@ impl WebSocket {
 
     /// Writes the dirty clients' records. True when it failed.
     async fn write_dirty(&self, store: &dyn PresenceStore, worker: &str) -> bool {
-        let ids: Vec<ClientId> = std::mem::take(
-            &mut *self
-                .presence()
-                .dirty
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-        .into_iter()
-        .collect();
+        let (ids, upto) = self.presence().take_dirty();
         if ids.is_empty() {
+            self.presence().mark_written(upto);
             return false;
         }
         let mut changes = Vec::with_capacity(ids.len());
@@ -282,6 +322,7 @@ impl WebSocket {
         {
             Ok(()) => {
                 self.presence().seq.store(seq, Ordering::SeqCst);
+                self.presence().mark_written(upto);
                 false
             }
             Err(error) => {
@@ -296,11 +337,7 @@ impl WebSocket {
     /// Replaces this worker's table with its current clients. True when it failed.
     async fn replace_table(&self, store: &dyn PresenceStore, worker: &str) -> bool {
         // Everything dirty is in the table written now.
-        self.presence()
-            .dirty
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        let (_, upto) = self.presence().take_dirty();
         let records: Vec<(String, Bytes)> = {
             let state = self.read();
             state
@@ -329,6 +366,7 @@ impl WebSocket {
             Ok(()) => {
                 self.presence().seq.store(seq, Ordering::SeqCst);
                 self.presence().replace.store(false, Ordering::SeqCst);
+                self.presence().mark_written(upto);
                 tracing::debug!(
                     worker_id = worker,
                     clients,

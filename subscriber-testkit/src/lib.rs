@@ -1,7 +1,8 @@
 //! The test kit of Switchboard (`switchboard::testing`, feature `testing`): run handlers on the
 //! in-process broker, publish a message, wait until every handler it triggered has finished, and
-//! inspect what ran and what was published; test WebSocket clients without a network; and
-//! [`MockRedis`], a Redis server on loopback for the Redis broker's tests.
+//! inspect what ran and what was published; test WebSocket clients without a network
+//! ([`TestClient`]) and over a real socket ([`TestServer`], [`SocketClient`]); several workers on
+//! one Redis ([`TestCluster`]); and [`MockRedis`], a Redis server on loopback.
 //!
 //! It is a crate of its own so that none of it is compiled into an application's production
 //! build: depend on `switchboard` with the `testing` feature in `[dev-dependencies]`.
@@ -48,8 +49,15 @@ use subscriber_runtime::{BrokerError, Builder, DispatchEvent, Error, Publisher, 
 #[cfg(feature = "server")]
 use subscriber_server::{ClientId, LocalReceiver, ServerRunningExt, WebSocket};
 
+mod barrier;
+mod cluster;
 mod mock_redis;
+#[cfg(feature = "server")]
+mod socket;
+pub use cluster::TestCluster;
 pub use mock_redis::MockRedis;
+#[cfg(feature = "server")]
+pub use socket::{Ending, SocketClient, TestServer, SOCKET_TIMEOUT};
 
 /// A message an application published, as recorded by [`TestApp::published`].
 #[derive(Debug, Clone, PartialEq)]
@@ -100,10 +108,18 @@ impl Dispatch {
 }
 
 /// A broker wrapper that records what the application publishes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Recording {
-    inner: MemoryBroker,
+    inner: Arc<dyn Broker>,
     log: Arc<Mutex<Vec<Published>>>,
+}
+
+impl fmt::Debug for Recording {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recording")
+            .field("inner", &self.inner.kind())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broker for Recording {
@@ -127,7 +143,7 @@ impl Broker for Recording {
     }
 
     fn kind(&self) -> &'static str {
-        "memory"
+        self.inner.kind()
     }
 
     fn presence(&self) -> Option<Arc<dyn subscriber_runtime::broker::PresenceStore>> {
@@ -142,10 +158,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A started application on the in-process broker, for tests.
 pub struct TestApp {
     running: Running,
-    bus: MemoryBroker,
+    /// The in-process bus, when the application runs on one.
+    bus: Option<MemoryBroker>,
+    broker: Arc<dyn Broker>,
     events: Arc<Mutex<Vec<DispatchEvent>>>,
     published: Arc<Mutex<Vec<Published>>>,
     outsider: Publisher,
+    barrier: Arc<barrier::Seen>,
 }
 
 impl fmt::Debug for TestApp {
@@ -170,23 +189,48 @@ impl TestApp {
     /// # Errors
     /// What `build()` or `start()` returns.
     pub async fn start_on(bus: MemoryBroker, builder: Builder) -> Result<Self, Error> {
+        Self::start_with(Arc::new(bus.clone()), Some(bus), builder).await
+    }
+
+    /// Builds and starts `builder` on any broker (a `RedisBroker`, say): [`settle`](Self::settle)
+    /// then waits for what is on its way through the broker with a barrier message, not a sleep.
+    /// [`TestCluster`] starts several workers this way.
+    ///
+    /// # Errors
+    /// What `build()` or `start()` returns.
+    pub async fn start_with_broker(
+        broker: impl Broker + Clone,
+        builder: Builder,
+    ) -> Result<Self, Error> {
+        Self::start_with(Arc::new(broker), None, builder).await
+    }
+
+    async fn start_with(
+        broker: Arc<dyn Broker>,
+        bus: Option<MemoryBroker>,
+        builder: Builder,
+    ) -> Result<Self, Error> {
         let events: Arc<Mutex<Vec<DispatchEvent>>> = Arc::default();
         let published: Arc<Mutex<Vec<Published>>> = Arc::default();
         let sink = events.clone();
+        let seen = Arc::new(barrier::Seen::default());
         let builder = builder
             .broker(Recording {
-                inner: bus.clone(),
+                inner: broker.clone(),
                 log: published.clone(),
             })
+            .plugin(barrier::BarrierPlugin(seen.clone()))
             .observe(move |event| lock(&sink).push(event.clone()));
         let running = builder.build()?.start().await?;
-        let outsider = Publisher::new(Arc::new(bus.clone()), "testing-harness".into());
+        let outsider = Publisher::new(broker.clone(), "testing-harness".into());
         Ok(Self {
             running,
             bus,
+            broker,
             events,
             published,
             outsider,
+            barrier: seen,
         })
     }
 
@@ -206,7 +250,16 @@ impl TestApp {
 
     /// Publishes a payload unchanged (no envelope), and waits until it has been handled.
     pub async fn publish_raw(&self, channel: &str, payload: impl Into<Bytes>) -> Dispatch {
-        self.bus.publish_now(channel, payload.into());
+        match &self.bus {
+            Some(bus) => {
+                bus.publish_now(channel, payload.into());
+            }
+            None => {
+                if let Err(error) = self.broker.publish(channel, payload.into()).await {
+                    panic!("publishing on `{channel}` failed: {error}");
+                }
+            }
+        }
         self.settle().await
     }
 
@@ -220,7 +273,7 @@ impl TestApp {
         message: &T,
         include_sender: bool,
     ) -> Result<Dispatch, Error> {
-        let me = Publisher::new(Arc::new(self.bus.clone()), self.worker_id().into());
+        let me = Publisher::new(self.broker.clone(), self.worker_id().into());
         if include_sender {
             me.publish_including_sender(channel, message).await?;
         } else {
@@ -232,6 +285,18 @@ impl TestApp {
     /// Waits until everything received so far is handled, and returns what happened since the
     /// last call.
     pub async fn settle(&self) -> Dispatch {
+        if self.bus.is_none() {
+            // Through a real broker, what was published may still be on its way: a barrier
+            // message published now arrives after it.
+            let token = barrier::token();
+            barrier::publish(&self.outsider, token).await;
+            self.barrier.wait(token, self.worker_id()).await;
+        }
+        self.settle_local().await
+    }
+
+    /// Waits until this worker is idle, and returns what happened since the last call.
+    async fn settle_local(&self) -> Dispatch {
         self.running.wait_idle().await;
         let mut dispatch = Dispatch::default();
         for event in lock(&self.events).drain(..) {
@@ -320,8 +385,13 @@ impl TestApp {
     }
 
     /// The shared bus, to start more workers on it.
+    ///
+    /// # Panics
+    /// When the application runs on another broker ([`start_with_broker`](Self::start_with_broker)).
     pub fn bus(&self) -> MemoryBroker {
-        self.bus.clone()
+        self.bus
+            .clone()
+            .expect("this TestApp runs on another broker than the in-process bus")
     }
 
     /// The running application.

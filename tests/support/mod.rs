@@ -1,24 +1,19 @@
 //! Shared helpers of the WebSocket server tests: a server on 127.0.0.1:0 and tokio-tungstenite
 //! clients that wait for frames with deadlines (never sleeps).
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports, async_fn_in_trait)]
 
 mod binary;
 #[allow(unused_imports)]
 pub use binary::example_binary;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard::prelude::*;
-use switchboard::{Builder, ClientId, DisconnectReason, Running};
-use tokio::net::{TcpListener, TcpStream};
+pub use switchboard::testing::{Ending, SocketClient, TestServer};
+use switchboard::{Builder, ClientId, DisconnectReason};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long any single expected event may take.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -51,44 +46,65 @@ pub fn observed(
     (builder, rx)
 }
 
-pub struct Server {
-    pub running: Running,
-    pub addr: SocketAddr,
-}
+/// The kit's loopback server, started or the test fails.
+pub struct Server;
 
 impl Server {
-    pub async fn start(builder: Builder) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start_on(builder, listener).await
+    pub async fn start(builder: Builder) -> TestServer {
+        TestServer::start(builder)
+            .await
+            .expect("the test server starts")
     }
 
-    pub async fn start_on(builder: Builder, listener: TcpListener) -> Self {
-        let running = builder.build().unwrap().start().await.unwrap();
-        let addr = running.listen(listener).unwrap();
-        Self { running, addr }
+    pub async fn start_on(builder: Builder, listener: TcpListener) -> TestServer {
+        TestServer::start_on(builder, listener)
+            .await
+            .expect("the test server starts")
+    }
+}
+
+/// The tests' convention on top of the kit's clients: applications built with [`observed`] greet
+/// each client with its id.
+pub trait ServerExt {
+    fn ws(&self) -> WebSocket;
+    async fn client(&self) -> SocketClient;
+    async fn client_with_token(&self, token: &str) -> (SocketClient, Value);
+}
+
+impl ServerExt for TestServer {
+    fn ws(&self) -> WebSocket {
+        self.websocket()
     }
 
-    pub fn url(&self, token: Option<&str>) -> String {
-        match token {
-            Some(t) => format!("ws://{}/ws?token={t}", self.addr),
-            None => format!("ws://{}/ws", self.addr),
-        }
+    async fn client(&self) -> SocketClient {
+        SocketClient::connect(&self.url(None))
+            .await
+            .welcomed()
+            .await
     }
 
-    pub fn ws(&self) -> WebSocket {
-        self.running.websocket()
-    }
-
-    /// Connects an anonymous client and reads its welcome frame.
-    pub async fn client(&self) -> WsClient {
-        WsClient::connect(&self.url(None)).await.welcomed().await
-    }
-
-    /// Connects a client with a token, reads its auth frame, then its welcome frame.
-    pub async fn client_with_token(&self, token: &str) -> (WsClient, Value) {
-        let mut c = WsClient::connect(&self.url(Some(token))).await;
+    async fn client_with_token(&self, token: &str) -> (SocketClient, Value) {
+        let mut c = SocketClient::connect(&self.url(Some(token))).await;
         let auth = c.next_json().await;
         (c.welcomed().await, auth)
+    }
+}
+
+pub trait Welcomed: Sized {
+    /// Reads the welcome frame of an [`observed`] application and learns the client's id.
+    async fn welcomed(self) -> Self;
+}
+
+impl Welcomed for SocketClient {
+    async fn welcomed(mut self) -> Self {
+        let welcome = self.next_json().await;
+        assert_eq!(
+            welcome["type"], "test",
+            "expected the welcome frame, got {welcome}"
+        );
+        let id = welcome["data"]["clientId"].as_str().unwrap();
+        self.id = Some(client_id_from_str(id));
+        self
     }
 }
 
@@ -106,122 +122,6 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-pub struct WsClient {
-    pub id: Option<ClientId>,
-    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-/// What ended a client's stream.
-#[derive(Debug, PartialEq)]
-pub enum Ending {
-    Close(Option<u16>, String),
-    /// The connection ended without a close frame.
-    Dropped(String),
-}
-
-impl WsClient {
-    pub async fn connect(url: &str) -> Self {
-        let (stream, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        Self { id: None, stream }
-    }
-
-    pub async fn from_stream(url: &str, tcp: TcpStream) -> Self {
-        let (stream, _) = tokio::time::timeout(
-            DEADLINE,
-            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)),
-        )
-        .await
-        .expect("handshake timed out")
-        .expect("handshake failed");
-        Self { id: None, stream }
-    }
-
-    /// Reads the `test/welcome` frame and keeps the client id.
-    pub async fn welcomed(mut self) -> Self {
-        let welcome = self.next_json().await;
-        assert_eq!(
-            welcome["type"], "test",
-            "expected the welcome frame, got {welcome}"
-        );
-        let id = welcome["data"]["clientId"].as_str().unwrap();
-        self.id = Some(client_id_from_str(id));
-        self
-    }
-
-    pub fn id(&self) -> &ClientId {
-        self.id.as_ref().expect("welcomed client")
-    }
-
-    pub async fn send_json(&mut self, value: Value) {
-        self.send_text(&value.to_string()).await;
-    }
-
-    pub async fn send_text(&mut self, text: &str) {
-        self.stream
-            .send(WsMessage::text(text.to_owned()))
-            .await
-            .expect("send failed");
-    }
-
-    /// The next text frame, as raw text (pings and pongs are skipped).
-    pub async fn next_text(&mut self) -> String {
-        loop {
-            let item = tokio::time::timeout(DEADLINE, self.stream.next())
-                .await
-                .expect("no frame within the deadline");
-            match item {
-                Some(Ok(WsMessage::Text(t))) => return t.to_string(),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    pub async fn next_json(&mut self) -> Value {
-        serde_json::from_str(&self.next_text().await).expect("frames are JSON")
-    }
-
-    /// Reads until the connection ends; returns how it ended (frames before are discarded).
-    pub async fn ending(&mut self) -> Ending {
-        loop {
-            let item = tokio::time::timeout(DEADLINE, self.stream.next())
-                .await
-                .expect("the connection did not end within the deadline");
-            match item {
-                Some(Ok(WsMessage::Close(frame))) => {
-                    // Keep polling so the client's close reply is flushed, as a browser does.
-                    let _ = tokio::time::timeout(DEADLINE, async {
-                        while let Some(Ok(_)) = self.stream.next().await {}
-                    })
-                    .await;
-                    return match frame {
-                        Some(CloseFrame { code, reason }) => {
-                            Ending::Close(Some(u16::from(code)), reason.to_string())
-                        }
-                        None => Ending::Close(None, String::new()),
-                    };
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Ending::Dropped(e.to_string()),
-                None => return Ending::Dropped("end of stream".into()),
-            }
-        }
-    }
-
-    pub async fn close(mut self) {
-        let _ = self
-            .stream
-            .close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "bye".into(),
-            }))
-            .await;
-    }
 }
 
 /// A `ClientId` from its text.

@@ -152,8 +152,9 @@ async fn set_name(page: &Client, name: &str) {
     input.send_keys(name).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_page_works_in_headless_chromium() {
+/// chromedriver and Chromium, or `None` (the test is skipped) when chromedriver is missing and
+/// `SWITCHBOARD_REQUIRE_BROWSER` is not set.
+fn drivers() -> Option<(PathBuf, Option<PathBuf>)> {
     let required = std::env::var_os("SWITCHBOARD_REQUIRE_BROWSER").is_some_and(|v| v != "0");
     let driver = find(
         "CHROMEDRIVER",
@@ -165,9 +166,29 @@ async fn the_demo_page_works_in_headless_chromium() {
             "SWITCHBOARD_REQUIRE_BROWSER is set but chromedriver is missing (apt-get install chromium chromium-driver)"
         );
         eprintln!("skipped: no chromedriver (apt-get install chromium chromium-driver)");
+        return None;
+    };
+    Some((driver, find("CHROME_BIN", &["/usr/bin/chromium"])))
+}
+
+/// Writes a page's screenshot to `target/<name>`, and to `docs/<name>` with `UPDATE_SCREENSHOT=1`.
+async fn screenshot(page: &Client, name: &str) {
+    let png = page.screenshot().await.expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG image");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join(name), &png).unwrap();
+    if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::write(docs.join(name), &png).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_works_in_headless_chromium() {
+    let Some((driver, chrome)) = drivers() else {
         return;
     };
-    let chrome = find("CHROME_BIN", &["/usr/bin/chromium"]);
 
     let (_demo, url) = start_demo();
     let (_driver, webdriver) = start_chromedriver(&driver);
@@ -241,15 +262,110 @@ async fn the_demo_page_works_in_headless_chromium() {
     // Nothing failed on A's side: its failing-job line never shows.
     assert!(!text(&a, "jobs").await.contains("failed"));
 
-    let png = a.screenshot().await.expect("a screenshot");
-    assert!(png.starts_with(b"\x89PNG"), "a PNG image");
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&target).unwrap();
-    std::fs::write(target.join("hello-world.png"), &png).unwrap();
-    if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
-        std::fs::write(docs.join("hello-world.png"), &png).unwrap();
-    }
+    screenshot(&a, "hello-world.png").await;
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// The inspector page of an application in this process: its handler and route tables, message
+/// rates, an error, the cluster's clients and a room, live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_page_shows_the_application_live_in_headless_chromium() {
+    use switchboard::prelude::*;
+    use switchboard::testing::{SocketClient, TestServer};
+
+    let Some((driver, chrome)) = drivers() else {
+        return;
+    };
+    let server = TestServer::start(
+        Switchboard::builder()
+            .without_linked_handlers()
+            .inspector("/inspector")
+            .subscriber(
+                Subscriber::channels(["orders"])
+                    .name("audit")
+                    .description("logs every order")
+                    .priority(10)
+                    .handle(|Message(m): Message| async move { tracing::debug!(%m, "order") }),
+            )
+            .subscriber(
+                Subscriber::matching([Matcher::pattern("orders*")])
+                    .name("flaky")
+                    .description("fails on the orders it cannot price")
+                    .handle(|Message(m): Message| async move {
+                        if m["price"].is_null() {
+                            return Err("no price".into());
+                        }
+                        Ok::<_, switchboard::BoxError>(())
+                    }),
+            )
+            .route("hello", "greet", |Data(name): Data<String>| async move {
+                json!({"hi": name})
+            }),
+    )
+    .await
+    .unwrap();
+
+    // A client in a room, and a steady stream of orders (one without a price).
+    let mut client = SocketClient::connect(&server.url(None)).await;
+    client
+        .send_json(json!({"type": "system", "action": "joinRoom", "data": {"roomName": "lobby"}}))
+        .await;
+    let publisher = server.running.publisher();
+    let feeding = tokio::spawn(async move {
+        for n in 0u64.. {
+            let order = if n == 3 {
+                json!({"id": n})
+            } else {
+                json!({"id": n, "price": 10})
+            };
+            let _ = publisher.publish_including_sender("orders", &order).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+
+    let (_driver, webdriver) = start_chromedriver(&driver);
+    let page = browser(&webdriver, chrome.as_deref()).await;
+    page.goto(&format!("http://{}/inspector", server.addr))
+        .await
+        .unwrap();
+    wait_text(&page, "status", "a live connection", |t| t == "live").await;
+    let worker = server.running.worker_id().to_owned();
+    wait_text(&page, "worker-id", "the worker's id", |t| t == worker).await;
+    let handlers = wait_text(&page, "handlers", "the handler table with runs", |t| {
+        t.contains("audit") && t.contains("flaky") && !t.contains(" 0 0 ")
+    })
+    .await;
+    assert!(handlers.contains("\"orders\""), "{handlers}");
+    assert!(handlers.contains("pattern(\"orders*\")"), "{handlers}");
+    assert!(handlers.contains("logs every order"), "{handlers}");
+    let routes = text(&page, "routes").await;
+    assert!(routes.contains("hello:greet"), "{routes}");
+    // The total of `orders` keeps rising, at a rate above zero.
+    let first = wait_text(&page, "channels", "the orders channel", |t| {
+        t.starts_with("orders")
+    })
+    .await;
+    let total = |t: &str| -> u64 { t.split_whitespace().nth(2).unwrap().parse().unwrap() };
+    let rising = wait_text(&page, "channels", "a higher total", |t| {
+        t.starts_with("orders") && total(t) > total(&first)
+    })
+    .await;
+    let rate: f64 = rising.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(rate > 0.0, "{rising}");
+    wait_text(&page, "errors", "flaky's error", |t| {
+        t.contains("flaky") && t.contains("failed: no price")
+    })
+    .await;
+    wait_text(&page, "rooms", "the lobby", |t| t.starts_with("lobby 1")).await;
+    // The socket client and the page's own connection.
+    wait_text(&page, "workers", "this worker's two clients", |t| {
+        t.contains("(this one) 2")
+    })
+    .await;
+    screenshot(&page, "inspector.png").await;
+    page.close().await.unwrap();
+    feeding.abort();
+    client.close().await;
+    server.running.shutdown().await;
 }

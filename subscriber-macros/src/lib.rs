@@ -58,25 +58,19 @@ mod expand;
 mod route_args;
 mod route_expand;
 
-/// Marks a function as a subscriber handler, registered at link time. See
-/// `switchboard::websocket_subscriber` for the keys and examples.
-///
-/// ```text
-/// #[websocket_subscriber(channel = "queueJobCompleted", priority = 10)]
-/// async fn on_job(Message(job): Message, ws: WebSocket) -> HandlerResult { ... }
-/// ```
+// Marks a function as a subscriber handler, registered at link time. Documented where it is
+// re-exported, `switchboard::websocket_subscriber` (the keys, examples that compile against the
+// facade): rustdoc shows an inlined re-export's docs followed by the item's own, so docs here
+// would be printed twice there.
+#[allow(missing_docs)]
 #[proc_macro_attribute]
 pub fn websocket_subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::expand::<args::Args>(args.into(), item.into()).into()
 }
 
-/// Marks a function as a client route handler for the frames `{"type": ..., "action": ...}`,
-/// registered at link time. See `switchboard::websocket_route` for the keys and examples.
-///
-/// ```text
-/// #[websocket_route(type = "chat", action = "send")]
-/// async fn send(client: Client, Data(message): Data<ChatMessage>) -> Result<Value, BoxError> { ... }
-/// ```
+// Marks a function as a client route handler for the frames `{"type": ..., "action": ...}`.
+// Documented where it is re-exported, `switchboard::websocket_route` (see above).
+#[allow(missing_docs)]
 #[proc_macro_attribute]
 pub fn websocket_route(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::expand::<route_args::RouteArgs>(args.into(), item.into()).into()

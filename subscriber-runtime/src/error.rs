@@ -19,7 +19,7 @@ pub struct Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
-            write!(f, "{} (inline subscriber)", self.module_path)
+            write!(f, "{} (given to the builder)", self.module_path)
         } else {
             write!(f, "{}:{} ({})", self.file, self.line, self.module_path)
         }

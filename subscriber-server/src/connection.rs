@@ -315,6 +315,9 @@ pub(crate) async fn on_text(
     match (kind.as_str(), action.as_str()) {
         ("system", "joinRoom") => join_room(ws, conn, &data).await,
         ("system", "leaveRoom") => leave_room(ws, conn, &data).await,
+        ("inspector", "subscribe") if inner.inspector.is_some() => {
+            inspector_subscribe(ws, conn);
+        }
         _ => match inner.routes.get(&kind, &action) {
             Some(route) => {
                 let route = route.clone();
@@ -451,6 +454,29 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     } else {
         "a non-string panic payload".to_owned()
     }
+}
+
+/// `inspector:subscribe`: snapshots every second from now on, the first one at once. Only for an
+/// authenticated client when the server has a JWT secret.
+fn inspector_subscribe(ws: &WebSocket, conn: &Conn) {
+    let Some(inspector) = &ws.inner.inspector else {
+        return;
+    };
+    if ws.inner.config.jwt_secret.is_some() && conn.client.user().is_none() {
+        ws.send_client_error(
+            conn,
+            "unauthorized",
+            "The inspector needs an authenticated connection",
+            None,
+        );
+        return;
+    }
+    inspector.subscribe(conn.client.id.clone());
+    ws.deliver(
+        conn,
+        &reply_frame("inspector", "subscribe", &json!({"success": true})),
+    );
+    ws.deliver(conn, &inspector.frame(ws));
 }
 
 fn room_name(data: &Value) -> Option<&str> {

@@ -34,6 +34,14 @@ pub enum ServerError {
         /// What is wrong.
         reason: String,
     },
+    /// `inspector(path)` was given a path that cannot be served.
+    #[error("cannot serve the inspector at {path:?}: {reason}")]
+    InvalidInspectorPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// `prometheus(path)` cannot install its recorder: another global `metrics` recorder is
     /// already installed in this process.
     #[error("cannot install the Prometheus recorder: another global `metrics` recorder is already installed; leave out `.prometheus(...)` to emit into that recorder, and serve it yourself")]

@@ -168,6 +168,31 @@ pub trait ServerBuilderExt: Sized {
     /// another global recorder is installed already.
     #[cfg(feature = "prometheus")]
     fn prometheus(self, path: impl Into<String>) -> Self;
+
+    /// Serves the inspector page at `path` (usually `"/inspector"`) on the same server as the
+    /// WebSocket endpoint: this worker's handler and route tables (priority, matchers, file:line,
+    /// description), message rates per channel, each handler's runs, errors and latency, the
+    /// cluster's clients per worker, rooms and their members, and the last errors, refreshed
+    /// every second over the WebSocket.
+    ///
+    /// The page itself holds no data: it connects to the WebSocket endpoint with its own
+    /// `?token=` and subscribes with the frame `inspector:subscribe`. When the server has a JWT
+    /// secret ([`WebSocketConfig::jwt_secret`]), only an authenticated client may subscribe; give
+    /// the page a token (`/inspector?token=...`). Without a secret, anyone who reaches the port
+    /// sees it: keep it off in production unless the port is private or a secret is set.
+    ///
+    /// ```
+    /// use switchboard::prelude::*;
+    ///
+    /// let builder = Switchboard::builder().inspector("/inspector");
+    /// # let _ = builder;
+    /// ```
+    ///
+    /// # Errors (at `build()`)
+    /// [`ServerError::InvalidInspectorPath`](crate::ServerError::InvalidInspectorPath) when
+    /// `path` does not start with `/`, is `/ws`, or has characters other than letters, digits,
+    /// `/`, `-`, `_`, `.` and `~`.
+    fn inspector(self, path: impl Into<String>) -> Self;
 }
 
 impl ServerBuilderExt for Builder {
@@ -184,6 +209,14 @@ impl ServerBuilderExt for Builder {
             .routes
             .push(InlineRoute::new(kind.into(), action.into(), handler));
         self
+    }
+
+    fn inspector(self, path: impl Into<String>) -> Self {
+        let inspector = Arc::new(crate::inspector::Inspector::new(path.into()));
+        let recorder = inspector.clone();
+        let mut builder = self.observe(move |event| recorder.record(event));
+        builder.plugin_mut::<WebSocketServer>().inspector = Some(inspector);
+        builder
     }
 
     fn route_layer<L>(mut self, layer: L) -> Self

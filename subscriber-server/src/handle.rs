@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) presence: crate::presence::Presence,
     /// The channel other workers send to this worker's clients on.
     pub(crate) direct_channel: String,
+    /// The inspector, when the application asked for it.
+    pub(crate) inspector: Option<Arc<crate::inspector::Inspector>>,
 }
 
 /// The WebSocket server handle: this worker's clients, the cluster's clients and rooms, and every
@@ -131,6 +133,7 @@ impl WebSocket {
         Self {
             inner: Arc::new(Inner {
                 direct_channel: crate::presence::worker_channel(&worker_id),
+                inspector: setup.inspector,
                 worker_id,
                 publisher,
                 counters,
@@ -265,6 +268,19 @@ impl WebSocket {
         let mut rooms: Vec<String> = self.read().rooms.keys().map(|r| r.to_string()).collect();
         rooms.sort();
         rooms
+    }
+
+    /// How many clients each worker of the cluster has, this one included, sorted by worker id
+    /// (what the inspector shows).
+    pub fn clients_per_worker(&self) -> Vec<(String, usize)> {
+        let state = self.read();
+        let mut counts: std::collections::BTreeMap<String, usize> =
+            std::collections::BTreeMap::new();
+        counts.insert(self.inner.worker_id.to_string(), 0);
+        for entry in state.clients.values() {
+            *counts.entry(entry.worker_id.to_string()).or_default() += 1;
+        }
+        counts.into_iter().collect()
     }
 
     /// The members of a room, cluster-wide (empty for an unknown room).

@@ -49,7 +49,18 @@ pub(crate) struct Serving {
 
 /// The `/ws` router of an application, with its Prometheus endpoint if it has one.
 pub(crate) fn router(websocket: WebSocket, resources: Arc<Resources>) -> Router {
-    let router = Router::new().route(WS_PATH, get(upgrade));
+    let mut router = Router::new().route(WS_PATH, get(upgrade));
+    if let Some(inspector) = &websocket.inner.inspector {
+        router = router.route(
+            &inspector.path,
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    crate::inspector::Inspector::page(),
+                )
+            }),
+        );
+    }
     let router = websocket.inner.metrics.mount(router);
     router.with_state(Arc::new(Serving {
         websocket,

@@ -32,6 +32,7 @@ mod frame;
 mod handle;
 mod hooks;
 mod http;
+mod inspector;
 mod metrics;
 mod mirror;
 mod plugin;

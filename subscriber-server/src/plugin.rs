@@ -40,6 +40,8 @@ pub struct WebSocketServer {
     pub(crate) route_layers: Vec<(Option<RouteSelector>, HandlerLayer<RouteContext>)>,
     pub(crate) hooks: Hooks,
     pub(crate) prometheus: Option<String>,
+    /// The inspector, when the application asked for it.
+    pub(crate) inspector: Option<Arc<crate::inspector::Inspector>>,
     handle: Option<WebSocket>,
     /// The presence announcer's task, and what tells it to finish.
     announcer: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
@@ -69,6 +71,7 @@ pub(crate) struct ServerSetup {
     pub(crate) config: WebSocketConfig,
     pub(crate) hooks: Hooks,
     pub(crate) metrics: Endpoint,
+    pub(crate) inspector: Option<Arc<crate::inspector::Inspector>>,
 }
 
 impl Plugin for WebSocketServer {
@@ -89,6 +92,11 @@ impl Plugin for WebSocketServer {
             Some(_) => unreachable!("`prometheus` is only available with the `prometheus` feature"),
             None => Endpoint::default(),
         };
+        if let Some(inspector) = &self.inspector {
+            inspector
+                .validate(self.prometheus.as_deref())
+                .map_err(plugin_error)?;
+        }
         let routes = RouteTable::build(
             std::mem::take(&mut self.routes),
             &std::mem::take(&mut self.route_layers),
@@ -100,6 +108,7 @@ impl Plugin for WebSocketServer {
                 config: self.config.clone(),
                 hooks: std::mem::take(&mut self.hooks),
                 metrics,
+                inspector: self.inspector.clone(),
             },
             routes,
             cx.worker_id().clone(),
@@ -131,6 +140,14 @@ impl Plugin for WebSocketServer {
     fn start(&mut self, resources: &Arc<Resources>, stop: CancellationToken) {
         if let Some(ws) = &self.handle {
             ws.inner.metrics.spawn_upkeep(stop.clone());
+            if let Some(inspector) = &ws.inner.inspector {
+                inspector.set_handlers(resources.handlers());
+                tokio::spawn(crate::inspector::run(
+                    ws.clone(),
+                    inspector.clone(),
+                    stop.clone(),
+                ));
+            }
             tokio::spawn(ws.clone().run_presence_reader(resources.clone(), stop));
             let finish_writer = CancellationToken::new();
             self.presence = Some((

@@ -424,14 +424,8 @@ impl RouteTable {
     /// description), sorted by route.
     pub(crate) fn table(&self) -> String {
         use std::fmt::Write as _;
-        let mut rows: Vec<(String, &RouteEntry)> = self
-            .routes
-            .iter()
-            .flat_map(|(k, actions)| actions.iter().map(move |(a, e)| (format!("{k}:{a}"), e)))
-            .collect();
-        rows.sort_by(|x, y| x.0.cmp(&y.0));
         let mut table = String::new();
-        for (route, entry) in rows {
+        for (route, entry) in self.rows() {
             let _ = write!(
                 table,
                 "\n  {:<32} {:<28} {}",
@@ -442,6 +436,17 @@ impl RouteTable {
             }
         }
         table
+    }
+
+    /// Every route with its entry, sorted by `type:action`.
+    pub(crate) fn rows(&self) -> Vec<(String, &RouteEntry)> {
+        let mut rows: Vec<(String, &RouteEntry)> = self
+            .routes
+            .iter()
+            .flat_map(|(k, actions)| actions.iter().map(move |(a, e)| (format!("{k}:{a}"), e)))
+            .collect();
+        rows.sort_by(|x, y| x.0.cmp(&y.0));
+        rows
     }
 
     fn insert(&mut self, kind: &str, action: &str, entry: RouteEntry) -> Result<(), ServerError> {

@@ -436,6 +436,7 @@ impl Builder {
             states: self.states,
             publisher,
             counters: counters.clone(),
+            dispatcher: std::sync::OnceLock::new(),
         });
         let config = DispatchConfig {
             limits: self.limits,
@@ -454,8 +455,12 @@ impl Builder {
             in_flight.clone(),
             self.observers,
         );
+        let dispatcher = Arc::new(dispatcher);
+        let weak: std::sync::Weak<dyn std::any::Any + Send + Sync> =
+            Arc::downgrade(&dispatcher) as _;
+        let _ = shared.dispatcher.set(weak);
         Ok(Switchboard {
-            dispatcher: Arc::new(dispatcher),
+            dispatcher,
             shared,
             broker,
             subscriptions,

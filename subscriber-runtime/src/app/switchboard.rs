@@ -251,3 +251,23 @@ impl Drop for Running {
         self.shutdown.cancel();
     }
 }
+
+impl Resources {
+    /// The application's handlers, in the order they run, as
+    /// [`Switchboard::handlers`] lists them: for a plugin that shows them (the WebSocket server's
+    /// inspector). Empty before `build()` has finished.
+    pub fn handlers(&self) -> Vec<HandlerInfo> {
+        let Some(dispatcher) = self.dispatcher.get().and_then(std::sync::Weak::upgrade) else {
+            return Vec::new();
+        };
+        let Ok(dispatcher) = dispatcher.downcast::<Dispatcher>() else {
+            return Vec::new();
+        };
+        dispatcher
+            .entries
+            .iter()
+            .filter(|e| !e.internal)
+            .map(crate::dispatch::registry::Entry::handler_info)
+            .collect()
+    }
+}

@@ -85,6 +85,12 @@ pub enum DispatchEvent {
         /// The channel.
         channel: Arc<str>,
     },
+    /// A message was taken from the broker (before it is parsed; not for the framework's
+    /// internal channels).
+    Received {
+        /// The channel.
+        channel: Arc<str>,
+    },
 }
 
 pub(crate) type Observer = Arc<dyn Fn(&DispatchEvent) + Send + Sync>;
@@ -205,6 +211,11 @@ impl Dispatcher {
         } = item;
         let route = self.router.route(&channel);
         route.received.increment(1);
+        if !self.observers.is_empty() && !crate::message::event::is_internal(&channel) {
+            self.observe(|| DispatchEvent::Received {
+                channel: channel.clone(),
+            });
+        }
         // The framework's internal channels carry its own messages, whose size does not depend on
         // the application's payloads: they are held to the default limits, whatever the
         // application chose for its own.

@@ -472,7 +472,7 @@ impl fmt::Display for LocationDisplay<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
         if m.line == 0 {
-            write!(f, "{} (inline subscriber)", m.module_path)
+            write!(f, "{} (given to the builder)", m.module_path)
         } else {
             write!(f, "{}:{} ({})", m.file, m.line, m.module_path)
         }

@@ -65,6 +65,9 @@ pub struct Resources {
     pub(crate) states: StateMap,
     pub(crate) publisher: Publisher,
     pub(crate) counters: Arc<crate::observe::stats::Counters>,
+    /// The dispatcher, once built (weak: it holds these resources), for
+    /// [`handlers`](Self::handlers); typed in the application layer.
+    pub(crate) dispatcher: OnceLock<std::sync::Weak<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Resources {

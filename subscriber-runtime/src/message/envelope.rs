@@ -196,13 +196,68 @@ pub(crate) fn wrap(json: &[u8], worker_id: &str, include_sender: bool) -> Option
 
 /// The payload without its envelope fields, given the parsed message (which never has them): the
 /// publisher's own bytes when the fields come first as [`wrap`] writes them (so its key order and
-/// formatting reach browsers unchanged), else the parsed message serialized again.
+/// formatting reach browsers unchanged); else the top-level entries in the publisher's order, each
+/// value's bytes as published (a reference worker writes `workerId` last); else the parsed message
+/// serialized again.
 pub(crate) fn stripped_payload(raw: &[u8], message: &Value) -> bytes::Bytes {
-    without_envelope_prefix(raw).unwrap_or_else(|| {
-        bytes::Bytes::from(
-            serde_json::to_vec(message).expect("serializing a serde_json::Value cannot fail"),
-        )
-    })
+    without_envelope_prefix(raw)
+        .or_else(|| without_envelope_keys(raw).map(bytes::Bytes::from))
+        .unwrap_or_else(|| {
+            bytes::Bytes::from(
+                serde_json::to_vec(message).expect("serializing a serde_json::Value cannot fail"),
+            )
+        })
+}
+
+/// The object in `raw` without its top-level `workerId` and `includeSender` entries, wherever they
+/// are: the other entries in their order, each value's bytes untouched (keys are written again,
+/// escaped the standard way). `None` when `raw` is not a JSON object.
+pub(crate) fn without_envelope_keys(raw: &[u8]) -> Option<Vec<u8>> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+    impl<'de> serde::Deserialize<'de> for Entries<'de> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct EntriesVisitor;
+            impl<'de> Visitor<'de> for EntriesVisitor {
+                type Value = Entries<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Entries<'de>, A::Error> {
+                    let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                    while let Some(key) = map.next_key::<String>()? {
+                        let value: &'de RawValue = map.next_value()?;
+                        entries.push((key, value));
+                    }
+                    Ok(Entries(entries))
+                }
+            }
+            deserializer.deserialize_map(EntriesVisitor)
+        }
+    }
+
+    let Entries(entries) = serde_json::from_slice(raw).ok()?;
+    let mut out = Vec::with_capacity(raw.len());
+    out.push(b'{');
+    for (key, value) in entries
+        .iter()
+        .filter(|(key, _)| key != WORKER_ID_FIELD && key != INCLUDE_SENDER_FIELD)
+    {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key).ok()?;
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Some(out)
 }
 
 /// The payload without the envelope fields that [`wrap`] puts first
@@ -319,6 +374,33 @@ mod tests {
             );
         }
         assert!(fast > 500, "the fast path was taken {fast} times");
+    }
+
+    /// A reference worker writes the envelope last (`{...msg, workerId}`): the other entries
+    /// keep their order and bytes all the same.
+    #[test]
+    fn envelope_keys_anywhere_are_removed_without_reordering() {
+        let cut =
+            |raw: &str| String::from_utf8(without_envelope_keys(raw.as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            cut(r#"{"type":"t","z":1, "a" : [2, 1],"workerId":"w"}"#),
+            r#"{"type":"t","z":1,"a":[2, 1]}"#
+        );
+        assert_eq!(
+            cut(r#"{"includeSender":true,"b\u0041":{"y":1,"x":2},"workerId":null}"#),
+            r#"{"bA":{"y":1,"x":2}}"#
+        );
+        assert_eq!(cut(r#"{"workerId":"w"}"#), "{}");
+        assert!(without_envelope_keys(b"[1]").is_none());
+        let parsed = parse(
+            br#"{"z":1,"a":2,"workerId":"w"}"#,
+            &PayloadLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            &stripped_payload(br#"{"z":1,"a":2,"workerId":"w"}"#, &parsed.message)[..],
+            br#"{"z":1,"a":2}"#
+        );
     }
 
     #[test]

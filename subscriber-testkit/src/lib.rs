@@ -2,7 +2,8 @@
 //! in-process broker, publish a message, wait until every handler it triggered has finished, and
 //! inspect what ran and what was published; test WebSocket clients without a network
 //! ([`TestClient`]) and over a real socket ([`TestServer`], [`SocketClient`]); several workers on
-//! one Redis ([`TestCluster`]); and [`MockRedis`], a Redis server on loopback.
+//! one Redis ([`TestCluster`]); [`MockRedis`], a Redis server on loopback; and [`FaultProxy`],
+//! which cuts TCP connections on demand or on a schedule.
 //!
 //! It is a crate of its own so that none of it is compiled into an application's production
 //! build: depend on `switchboard` with the `testing` feature in `[dev-dependencies]`.
@@ -52,10 +53,12 @@ use subscriber_server::{ClientId, LocalReceiver, ServerRunningExt, WebSocket};
 mod barrier;
 mod cluster;
 mod mock_redis;
+mod proxy;
 #[cfg(feature = "server")]
 mod socket;
 pub use cluster::TestCluster;
 pub use mock_redis::MockRedis;
+pub use proxy::FaultProxy;
 #[cfg(feature = "server")]
 pub use socket::{Ending, SocketClient, TestServer, SOCKET_TIMEOUT};
 

@@ -75,6 +75,7 @@ pub mod __bench {
 pub mod __private {
     pub use crate::__switchboard_register as register;
     pub use crate::app::DefaultPlugin;
+    pub use crate::dispatch::panic_message;
     pub use crate::handler::blocking::run_blocking;
     pub use crate::handler::context::{Context, HandlerContext};
     pub use crate::handler::extract::FromContext;

@@ -398,7 +398,10 @@ async fn run_route(
             tracing::error!(route = %route.name, %client_id, %error_id, ?timeout, "client route handler timed out");
             ws.send_client_error(conn, "timeout", "Request timed out", Some(&error_id));
         }
-        Ok(Err(panic)) => internal("panicked", &panic_text(panic.as_ref())),
+        Ok(Err(panic)) => internal(
+            "panicked",
+            &subscriber_runtime::__private::panic_message(panic.as_ref()),
+        ),
         Ok(Ok(Err(HandlerFailure::Rejected(error)))) => {
             tracing::debug!(route = %route.name, %client_id, %error, "client route argument rejected");
             ws.send_client_error(conn, "invalid_data", &error.to_string(), None);
@@ -443,16 +446,6 @@ impl WebSocket {
             conn,
             &crate::frame::coded_error_frame(message, Some(code), id),
         )
-    }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_owned()
     }
 }
 

@@ -594,7 +594,10 @@ impl Dispatcher {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// A panic's message (`&str` or `String` payloads), for logs and outcomes. Not public API: the
+/// WebSocket server reports its route handlers' panics with it too.
+#[doc(hidden)]
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

@@ -60,8 +60,14 @@ fn build_mix(mix: Vec<(Spec, i32)>) -> Switchboard {
     builder_for(mix).build().expect("valid handlers")
 }
 
-/// A builder holding the mix as inline subscribers (what a user's code does before `build()`).
+/// A builder holding the mix as inline subscribers (what a user's code does before `build()`),
+/// with empty `async` bodies.
 fn builder_for(mix: Vec<(Spec, i32)>) -> switchboard::Builder {
+    builder_with(mix, false)
+}
+
+/// The same, with empty plain `fn` bodies when `plain` (each run goes to the blocking pool).
+fn builder_with(mix: Vec<(Spec, i32)>, plain: bool) -> switchboard::Builder {
     let mut builder = Switchboard::builder()
         .without_linked_handlers()
         .framework_channels(false);
@@ -74,12 +80,14 @@ fn builder_for(mix: Vec<(Spec, i32)>) -> switchboard::Builder {
                 Matcher::predicate(move |m: &MatchContext<'_>| m.message()["kind"] == kind.as_str())
             }
         };
-        builder = builder.subscriber(
-            Subscriber::matching([matcher])
-                .name(format!("h{i}"))
-                .priority(priority)
-                .handle(|| async {}),
-        );
+        let subscriber = Subscriber::matching([matcher])
+            .name(format!("h{i}"))
+            .priority(priority);
+        builder = builder.subscriber(if plain {
+            subscriber.handle(|| {})
+        } else {
+            subscriber.handle(|| async {})
+        });
     }
     builder
 }
@@ -318,26 +326,7 @@ fn layers(c: &mut Criterion) {
         });
     }
     // The same 1,000 handlers with plain `fn` bodies: each run goes to the blocking pool.
-    let app = rt.block_on(async {
-        let mut builder = Switchboard::builder()
-            .without_linked_handlers()
-            .framework_channels(false);
-        for (i, (spec, priority)) in mix(1_000).into_iter().enumerate() {
-            let matcher = match spec {
-                Spec::Exact(c) => Matcher::channel(c),
-                Spec::Glob(g) => Matcher::pattern(g),
-                Spec::Regex(r) => Matcher::regex(r),
-                Spec::Predicate(_) => continue,
-            };
-            builder = builder.subscriber(
-                Subscriber::matching([matcher])
-                    .name(format!("h{i}"))
-                    .priority(priority)
-                    .handle(|| {}),
-            );
-        }
-        builder.build().unwrap()
-    });
+    let app = rt.block_on(async { builder_with(mix(1_000), true).build().unwrap() });
     let mut i = 0;
     group.bench_function("plain_fn_bodies", |b| {
         b.to_async(&rt).iter(|| {

@@ -15,7 +15,10 @@
 //!   `REDIS_NAMESPACE`: an optional channel prefix (see `Builder::broker_from_env`);
 //! - `WORKER_NAME`: a name for the output (default `worker`);
 //! - `CHANNEL`: the channel to subscribe and publish on (default `cluster:chat`);
-//! - `PUBLISH`: a message to publish once, right after start.
+//! - `PUBLISH`: a message to publish once, right after start;
+//! - `DURABLE=1`: makes the channel durable (see `Builder::durable`): what a worker misses while
+//!   its link to Redis is down is read from the channel's stream when it is back, and each line
+//!   printed ends with the message's offset, and `recovered` when it came from the stream.
 //!
 //! Every line read from standard input is published as `{"from": WORKER_NAME, "text": line}` to
 //! the *other* workers (a worker does not receive its own messages). The worker stops at the end
@@ -25,7 +28,7 @@
 //!
 //! ```text
 //! READY <worker>
-//! RECEIVED <worker> <channel> <message as JSON>
+//! RECEIVED <worker> <channel> <message as JSON>[ offset=<n>[ recovered]]
 //! PUBLISHED <worker> <text>
 //! ```
 //!
@@ -47,20 +50,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let channel = std::env::var("CHANNEL").unwrap_or_else(|_| "cluster:chat".to_owned());
 
     let me = name.clone();
-    let running = Switchboard::builder()
+    let mut builder = Switchboard::builder()
         .broker_from_env()?
         .without_linked_handlers()
         .framework_channels(false)
         .subscriber(
             Subscriber::channels([channel.clone()])
                 .name("print_received")
-                .handle(move |channel: Channel, Message(message): Message| {
-                    println!("RECEIVED {me} {channel} {message}");
-                }),
-        )
-        .build()?
-        .start()
-        .await?;
+                .handle(
+                    move |channel: Channel, Message(message): Message, cx: Context| {
+                        let at = match cx.stream_position() {
+                            Some(at) if at.recovered => format!(" offset={} recovered", at.offset),
+                            Some(at) => format!(" offset={}", at.offset),
+                            None => String::new(),
+                        };
+                        println!("RECEIVED {me} {channel} {message}{at}");
+                    },
+                ),
+        );
+    if std::env::var("DURABLE").is_ok_and(|d| d == "1") {
+        builder = builder.durable(
+            channel.as_str(),
+            switchboard::broker::Retention::new().messages(10_000),
+        );
+    }
+    let running = builder.build()?.start().await?;
     println!("READY {name}");
 
     let publisher = running.publisher();

@@ -130,6 +130,7 @@ pub mod testing {
 /// | `match` | a matcher or an array of matchers: `"exact"`, `regex("...")`, `pattern("glob*")`, a path to `fn(&MatchContext) -> bool` | |
 /// | `priority` | an `i32`; higher runs first | `0` |
 /// | `timeout` | a string: a positive whole number followed by `ms`, `s` or `m` (`"250ms"`, `"5s"`, `"2m"`; no hours, no fractions); a run that takes longer, its layers included, is cancelled and counted as timed out; [`Builder::handler_timeout_for`] overrides it | [`Builder::handler_timeout`] (30 s) |
+/// | `durable` | a flag: the handler's channels (exact, glob or regex) are [durable](Builder::durable), with the default [`Retention`](broker::Retention) unless the builder gives one | not durable |
 /// | `layer` | a tower layer expression (`switchboard::tower::limit::ConcurrencyLimitLayer::new(4)`, `my_layers::audit()`), or an array of them, the first one outermost; evaluated when the application is built | none |
 /// | `name` | a string | the function's name |
 /// | `description` | a string | the doc comment |
@@ -215,7 +216,7 @@ pub mod prelude {
     };
     pub use crate::{
         Builder, Channel, Context, Envelope, HandlerResult, MatchContext, Matcher, Message,
-        Publisher, Raw, State, Subscriber, Switchboard,
+        Publisher, Raw, State, StreamPosition, Subscriber, Switchboard,
     };
 }
 

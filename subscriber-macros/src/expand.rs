@@ -165,6 +165,7 @@ fn registration(args: &Args, function: &ItemFn) -> TokenStream {
     let description = description_or_default(args.description.as_ref(), function);
     let priority = priority_tokens(args.priority);
     let timeout = timeout_field(args.timeout);
+    let durable = args.durable;
     let (layer_fns, layers) = layers(&runtime, &args.layers);
     let static_ident = format_ident!("__SWITCHBOARD_{}", unraw.to_uppercase());
     let attributes = block_attributes();
@@ -194,6 +195,7 @@ fn registration(args: &Args, function: &ItemFn) -> TokenStream {
                     requirements: __switchboard_requirements,
                     timeout: #timeout,
                     layers: #layers,
+                    durable: #durable,
                 }
             }
         };

@@ -93,6 +93,15 @@ pub enum BuildError {
         /// The names that exist, comma-separated.
         known: String,
     },
+    /// A durable channel was given as something that names no channel (`"*"`, a predicate), or
+    /// malformed.
+    #[error("{what} cannot be durable: {reason}")]
+    InvalidDurable {
+        /// The handler (or the builder's `durable(...)`) and its matcher.
+        what: String,
+        /// Why, and what to write instead.
+        reason: String,
+    },
     /// An inline subscriber was given an empty name.
     #[error("an inline subscriber has an empty name: give it one with `.name(\"...\")`")]
     EmptyName,

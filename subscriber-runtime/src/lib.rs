@@ -33,7 +33,8 @@ pub use dispatch::{DispatchEvent, Outcome};
 pub use error::{BoxError, BrokerError, BuildError, Error, Location, PublishError};
 pub use handler::context::{Context, HandlerContext, MessageContext, Resources};
 pub use handler::extract::{
-    Channel, FromContext, Message, MessageRejection, MissingState, Raw, Requirements, State,
+    Channel, FromContext, Message, MessageRejection, MissingState, NotDurable, Raw, Requirements,
+    State, StreamPosition,
 };
 pub use handler::layer;
 pub use handler::registration::BACKEND;

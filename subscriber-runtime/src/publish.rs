@@ -6,7 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::broker::Broker;
+use crate::broker::durable::DurableChannels;
+use crate::broker::{Broker, Position};
 use crate::error::PublishError;
 use crate::message::envelope;
 
@@ -26,10 +27,15 @@ use crate::message::envelope;
 /// }
 /// # fn main() {}
 /// ```
+///
+/// On a [durable](crate::Builder::durable) channel, a publish appends the message to the
+/// channel's stream and publishes it live with its position, in one step (see
+/// [`publish_durable`](Self::publish_durable) to learn the position).
 #[derive(Clone)]
 pub struct Publisher {
     broker: Arc<dyn Broker>,
     worker_id: Arc<str>,
+    durable: Arc<DurableChannels>,
 }
 
 impl fmt::Debug for Publisher {
@@ -45,7 +51,16 @@ impl Publisher {
     /// A publisher on `broker` that signs its messages as the worker `worker_id` (an application's
     /// own publisher is [`Running::publisher`](crate::Running::publisher)).
     pub fn new(broker: Arc<dyn Broker>, worker_id: Arc<str>) -> Self {
-        Self { broker, worker_id }
+        Self {
+            broker,
+            worker_id,
+            durable: Arc::default(),
+        }
+    }
+
+    /// The application's durable channels, which the publisher shares with its dispatcher.
+    pub(crate) fn durable(&self) -> &Arc<DurableChannels> {
+        &self.durable
     }
 
     pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
@@ -93,7 +108,48 @@ impl Publisher {
         payload: impl Into<Bytes>,
     ) -> Result<(), PublishError> {
         subscriber_patterns::validate_channel(channel)?;
-        Ok(self.broker.publish(channel, payload.into()).await?)
+        let payload = payload.into();
+        if self.durable.retention(channel).is_some() {
+            let start = payload.iter().position(|b| !b.is_ascii_whitespace());
+            if start.is_none_or(|i| payload[i] != b'{') {
+                return Err(PublishError::NotAnObject {
+                    channel: channel.to_owned(),
+                });
+            }
+            let payload = payload.slice(start.unwrap_or(0)..);
+            return self.send(channel, payload).await.map(drop);
+        }
+        Ok(self.broker.publish(channel, payload).await?)
+    }
+
+    /// Publishes `message` to every other worker, like [`publish`](Self::publish), and returns
+    /// its position in the channel's stream when the channel is
+    /// [durable](crate::Builder::durable) (`None` for an ordinary channel).
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish).
+    pub async fn publish_durable<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        message: &T,
+    ) -> Result<Option<Position>, PublishError> {
+        let payload = self.envelope(channel, message, false)?;
+        self.send(channel, payload).await
+    }
+
+    /// Sends a payload: on a durable channel through its stream (returning the position).
+    async fn send(&self, channel: &str, payload: Bytes) -> Result<Option<Position>, PublishError> {
+        match self.durable.retention(channel) {
+            Some(retention) => Ok(Some(
+                self.broker
+                    .publish_durable(channel, payload, retention)
+                    .await?,
+            )),
+            None => {
+                self.broker.publish(channel, payload).await?;
+                Ok(None)
+            }
+        }
     }
 
     async fn publish_with<T: Serialize + ?Sized>(
@@ -102,6 +158,17 @@ impl Publisher {
         message: &T,
         include_sender: bool,
     ) -> Result<(), PublishError> {
+        let payload = self.envelope(channel, message, include_sender)?;
+        self.send(channel, payload).await.map(drop)
+    }
+
+    /// Validates the channel, serializes the message and adds the envelope.
+    fn envelope<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        message: &T,
+        include_sender: bool,
+    ) -> Result<Bytes, PublishError> {
         subscriber_patterns::validate_channel(channel)?;
         let json = serde_json::to_vec(message).map_err(|source| PublishError::Serialize {
             channel: channel.to_owned(),
@@ -112,6 +179,6 @@ impl Publisher {
                 channel: channel.to_owned(),
             }
         })?;
-        Ok(self.broker.publish(channel, Bytes::from(payload)).await?)
+        Ok(Bytes::from(payload))
     }
 }

@@ -54,11 +54,13 @@ mod barrier;
 mod cluster;
 mod mock_redis;
 mod proxy;
+mod redis;
 #[cfg(feature = "server")]
 mod socket;
 pub use cluster::TestCluster;
 pub use mock_redis::MockRedis;
 pub use proxy::FaultProxy;
+pub use redis::TestRedis;
 #[cfg(feature = "server")]
 pub use socket::{Ending, SocketClient, TestServer, SOCKET_TIMEOUT};
 
@@ -151,6 +153,29 @@ impl Broker for Recording {
 
     fn presence(&self) -> Option<Arc<dyn subscriber_runtime::broker::PresenceStore>> {
         self.inner.presence()
+    }
+
+    fn publish_durable(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        retention: subscriber_runtime::broker::Retention,
+    ) -> BoxFuture<'_, Result<subscriber_runtime::broker::Position, BrokerError>> {
+        let message = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+        lock(&self.log).push(Published {
+            channel: channel.to_owned(),
+            message,
+        });
+        self.inner.publish_durable(channel, payload, retention)
+    }
+
+    fn read_stream(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<subscriber_runtime::broker::StreamRead, BrokerError>> {
+        self.inner.read_stream(channel, after, limit)
     }
 }
 

@@ -43,6 +43,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(description);
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(layer);
+    syn::custom_keyword!(durable);
 }
 
 /// Every key the attribute accepts, in the order the error messages list them.
@@ -53,6 +54,7 @@ pub(crate) const KEYS: &[&str] = &[
     "priority",
     "timeout",
     "layer",
+    "durable",
     "name",
     "description",
     "crate",
@@ -81,6 +83,8 @@ pub(crate) struct Args {
     pub(crate) timeout: Option<u64>,
     /// `layer = ...`: the layer expressions, the first one outermost.
     pub(crate) layers: Vec<Expr>,
+    /// `durable`: the handler's channels are durable.
+    pub(crate) durable: bool,
     pub(crate) name: Option<LitStr>,
     pub(crate) description: Option<LitStr>,
     /// The path to the `switchboard` crate, when overridden.
@@ -97,6 +101,7 @@ struct Slots {
     priority: Slot<kw::priority, i32>,
     timeout: Slot<kw::timeout, u64>,
     layers: Slot<kw::layer, Vec<Expr>>,
+    durable: Option<kw::durable>,
     name: Slot<kw::name, LitStr>,
     description: Slot<kw::description, LitStr>,
     krate: Slot<Token![crate], Path>,
@@ -132,6 +137,24 @@ impl Parse for Args {
                 assign(input, &mut slots.timeout, &mut errors, timeout)?;
             } else if lookahead.peek(kw::layer) {
                 assign(input, &mut slots.layers, &mut errors, layers)?;
+            } else if lookahead.peek(kw::durable) {
+                let key: kw::durable = input.parse()?;
+                if input.peek(Token![=]) {
+                    input.parse::<Token![=]>()?;
+                    let value: Expr = input.parse()?;
+                    errors.push(Error::new_spanned(
+                        value,
+                        "`durable` is a flag and takes no value: write `durable`; \
+                         the builder's `.durable(channel, Retention::new()...)` sets how much \
+                         history is kept",
+                    ));
+                } else if slots.durable.is_some() {
+                    errors.push(Error::new(
+                        key.span,
+                        "`durable` given more than once: keep only one",
+                    ));
+                }
+                slots.durable.get_or_insert(key);
             } else if lookahead.peek(kw::name) {
                 assign(input, &mut slots.name, &mut errors, name)?;
             } else if lookahead.peek(kw::description) {
@@ -172,17 +195,43 @@ impl Parse for Args {
         all.extend(value(slots.channels).into_iter().flatten());
         all.extend(value(slots.matchers).into_iter().flatten());
         check_duplicates(&all, &mut errors);
+        if let Some(key) = &slots.durable {
+            check_durable(key, &all, &mut errors);
+        }
 
         Ok(Args {
             matchers: all,
             priority: value(slots.priority).unwrap_or(0),
             timeout: value(slots.timeout),
             layers: value(slots.layers).unwrap_or_default(),
+            durable: slots.durable.is_some(),
             name: value(slots.name),
             description: value(slots.description),
             krate: value(slots.krate),
             errors,
         })
+    }
+}
+
+/// A durable handler needs a channel to keep a stream for: `"*"` would make every channel durable,
+/// and a predicate names none.
+fn check_durable(key: &kw::durable, matchers: &[Matcher], errors: &mut Errors) {
+    let every = matchers
+        .iter()
+        .any(|m| matches!(m, Matcher::Channel(c) if c.value() == "*"));
+    let named = matchers.iter().any(|m| !matches!(m, Matcher::Predicate(_)));
+    if every {
+        errors.push(Error::new(
+            key.span,
+            "a `durable` subscriber cannot listen on `\"*\"`: that would keep a stream for \
+             every channel; name its channels, a `pattern(\"...\")` or a `regex(\"...\")`",
+        ));
+    } else if !named {
+        errors.push(Error::new(
+            key.span,
+            "a `durable` subscriber needs a channel, a `pattern(\"...\")` or a `regex(\"...\")` \
+             whose messages are kept: a predicate alone names none",
+        ));
     }
 }
 
@@ -349,6 +398,28 @@ mod tests {
                 quote!(channel = "a", description = 5),
                 "`description` takes a string",
             ),
+        ];
+        for (tokens, expected) in cases {
+            let errors = errors_of(tokens.clone());
+            assert_eq!(errors.len(), 1, "{tokens}: {errors:?}");
+            assert!(errors[0].contains(expected), "{tokens}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn durable_is_a_flag_on_named_channels() {
+        assert!(parse(quote!(channel = "a", durable)).durable);
+        assert!(parse(quote!(match = pattern("a:*"), durable, priority = 2)).durable);
+        assert!(!parse(quote!(channel = "a")).durable);
+        let cases = [
+            (quote!(channel = "a", durable = true), "takes no value"),
+            (
+                quote!(channel = "a", durable, durable),
+                "given more than once",
+            ),
+            (quote!(channel = "*", durable), "every channel"),
+            (quote!(match = is_urgent, durable), "a predicate alone"),
+            (quote!(channel = "a", durabel), "did you mean `durable`"),
         ];
         for (tokens, expected) in cases {
             let errors = errors_of(tokens.clone());

@@ -11,7 +11,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::{Broker, MemoryBroker, Subscriptions};
+use crate::broker::durable::DurableRule;
+use crate::broker::{Broker, MemoryBroker, Retention, Subscriptions};
 use crate::dispatch::registry::HandlerInfo;
 use crate::dispatch::registry::{self, RegistryOptions};
 use crate::dispatch::{DispatchConfig, DispatchEvent, Dispatcher, Observer};
@@ -19,7 +20,7 @@ use crate::error::{BuildError, Error};
 use crate::handler::context::{Context, Resources, StateMap};
 use crate::handler::subscriber::InlineSubscriber;
 use crate::message::envelope::PayloadLimits;
-use crate::message::matcher::Compiled;
+use crate::message::matcher::{Compiled, Matcher, MatcherKind};
 use crate::observe::stats::{Counters, InFlight};
 use crate::publish::Publisher;
 use plugin::{Plugin, PluginContext, Plugins};
@@ -42,6 +43,7 @@ pub struct Builder {
     framework_channels: bool,
     observers: Vec<Observer>,
     plugins: Plugins,
+    durable: Vec<(Matcher, Retention)>,
 }
 
 impl fmt::Debug for Builder {
@@ -74,6 +76,7 @@ impl Default for Builder {
             framework_channels: true,
             observers: Vec::new(),
             plugins: linked_plugins(),
+            durable: Vec::new(),
         }
     }
 }
@@ -303,6 +306,46 @@ impl Builder {
         self
     }
 
+    /// Makes the channels `matcher` selects (an exact channel, [`Matcher::pattern`] or
+    /// [`Matcher::regex`]) **durable**, keeping `retention` of their history. Handlers marked
+    /// `durable` (the attribute key, [`Subscriber::durable`](crate::Subscriber::durable)) make
+    /// their own channels durable with the default [`Retention`]; a rule given here for the same
+    /// channel wins.
+    ///
+    /// A publish on a durable channel appends the message to the channel's stream and publishes
+    /// it live with its position (epoch, offset), atomically (on Redis, one script). Each worker
+    /// keeps the last offset it handled per channel; a gap (it was disconnected, or its queue was
+    /// full) is read from the stream and handled first, in order; after a reconnect everything
+    /// after the last offset is read. Handlers see the position with
+    /// [`StreamPosition`](crate::StreamPosition).
+    ///
+    /// Delivery is then **at-least-once** and in order per channel, within the retention: each
+    /// offset runs once per worker run (a live copy of a message already read from the stream is
+    /// skipped); a handler with effects that must not repeat across restarts stores the last
+    /// `(epoch, offset)` with them. What the stream no longer holds when a worker comes to read it
+    /// is counted in [`Stats::durable_lost`](crate::Stats::durable_lost). A worker learns a
+    /// pattern's channel from its first message; for exact channels it knows the offset at start.
+    ///
+    /// Every worker that publishes on the channel must have the same rule (workers of one binary
+    /// do); a message published on it some other way is delivered live, at-most-once. The
+    /// in-process broker keeps the streams in memory, so a message its full queue dropped is read
+    /// again as on Redis.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::broker::Retention;
+    /// use switchboard::{Matcher, Switchboard};
+    ///
+    /// let builder = Switchboard::builder()
+    ///     .durable("payments", Retention::new().messages(10_000))
+    ///     .durable(Matcher::pattern("orders:*"), Retention::new().age(Duration::from_secs(600)));
+    /// # let _ = builder;
+    /// ```
+    pub fn durable(mut self, matcher: impl Into<Matcher>, retention: Retention) -> Self {
+        self.durable.push((matcher.into(), retention));
+        self
+    }
+
     /// Also subscribes to these channels, so that predicate and `"*"` handlers see them even when
     /// no handler names them.
     pub fn listen<I, S>(mut self, channels: I) -> Self
@@ -430,6 +473,25 @@ impl Builder {
             }
         }
         registry::log_table(&entries, &worker_id);
+        let rules = durable_rules(self.durable, &entries)?;
+        if !rules.is_empty() {
+            if let Some(kind) = ["memory", "redis"]
+                .iter()
+                .all(|k| *k != broker.kind())
+                .then(|| broker.kind())
+            {
+                tracing::warn!(
+                    broker = kind,
+                    "durable channels need a broker with streams (memory, redis): publishing on them will fail"
+                );
+            }
+            tracing::info!(
+                worker_id = %worker_id,
+                durable = %rules.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>().join(", "),
+                "durable channels"
+            );
+        }
+        publisher.durable().set(rules);
 
         let in_flight = Arc::new(InFlight::default());
         let shared = Arc::new(Resources {
@@ -472,4 +534,65 @@ impl Builder {
             plugins: self.plugins,
         })
     }
+}
+
+/// The durable rules: the builder's first (their retention wins), then each durable handler's
+/// channels, patterns and regexes with the default retention.
+fn durable_rules(
+    given: Vec<(Matcher, Retention)>,
+    entries: &[registry::Entry],
+) -> Result<Vec<(DurableRule, Retention)>, BuildError> {
+    let invalid = |what: String, reason: &str| BuildError::InvalidDurable {
+        what,
+        reason: reason.to_owned(),
+    };
+    const EVERY: &str =
+        "`\"*\"` would keep a stream for every channel: name the channels, a pattern or a regex";
+    const PREDICATE: &str =
+        "a predicate names no channel whose messages could be kept: give a channel, a pattern or a regex";
+    let mut rules = Vec::new();
+    for (matcher, retention) in given {
+        let what = format!("`durable({matcher:?})`");
+        let rule = match matcher.0 {
+            MatcherKind::Channel(c) if &*c == subscriber_patterns::ANY_CHANNEL => {
+                return Err(invalid(what, EVERY))
+            }
+            MatcherKind::Channel(c) => {
+                subscriber_patterns::validate_channel(&c)
+                    .map_err(|e| invalid(what.clone(), &e.to_string()))?;
+                DurableRule::Channel(c.to_string())
+            }
+            MatcherKind::Pattern(p) => {
+                subscriber_patterns::validate_channel(&p)
+                    .map_err(|e| invalid(what.clone(), &e.to_string()))?;
+                DurableRule::Pattern(p.to_string())
+            }
+            MatcherKind::Regex(r) => DurableRule::Regex(
+                regex::Regex::new(&r).map_err(|e| invalid(what.clone(), &e.to_string()))?,
+            ),
+            MatcherKind::Predicate(_) => return Err(invalid(what, PREDICATE)),
+        };
+        rules.push((rule, retention));
+    }
+    for entry in entries.iter().filter(|e| e.durable) {
+        let what = format!("handler `{}` ({})", entry.info.name, entry.info.location());
+        let mut named = false;
+        for matcher in &entry.matchers {
+            let rule = match matcher {
+                Compiled::Any => return Err(invalid(what, EVERY)),
+                Compiled::Channel(c) => DurableRule::Channel(c.to_string()),
+                Compiled::Pattern(p) => DurableRule::Pattern(p.to_string()),
+                Compiled::Regex(src, _) => DurableRule::Regex(
+                    regex::Regex::new(src).map_err(|e| invalid(what.clone(), &e.to_string()))?,
+                ),
+                Compiled::Predicate(_) => continue,
+            };
+            named = true;
+            rules.push((rule, Retention::default()));
+        }
+        if !named {
+            return Err(invalid(what, PREDICATE));
+        }
+    }
+    Ok(rules)
 }

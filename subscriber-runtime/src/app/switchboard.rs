@@ -123,13 +123,25 @@ impl Switchboard {
     /// [`Error::Broker`] when the subscription cannot be made.
     pub async fn start(mut self) -> Result<Running, Error> {
         let shutdown = CancellationToken::new();
+        let resync = Arc::new(tokio::sync::Notify::new());
         let (inbox, rx) = Inbox::new(
             self.queue_capacity,
             self.counters.clone(),
             self.in_flight.clone(),
+            resync.clone(),
         );
+        // Where each exact durable channel's stream is now, before subscribing: whatever is
+        // published from here on is either received live or read by the catch-up below.
+        durable_baselines(
+            &self.shared,
+            &self.subscriptions,
+            &self.dispatcher,
+            self.broker.clone(),
+        )
+        .await;
         let dispatch = tokio::spawn(self.dispatcher.clone().run(
             rx,
+            resync.clone(),
             shutdown.child_token(),
             self.shutdown_grace,
         ));
@@ -141,6 +153,8 @@ impl Switchboard {
             shutdown.cancel();
             return Err(e.into());
         }
+        // What was published between the baselines and the subscription.
+        resync.notify_one();
         for plugin in &mut self.plugins.0 {
             plugin.start(&self.shared, shutdown.child_token());
         }
@@ -269,5 +283,37 @@ impl Resources {
             .filter(|e| !e.internal)
             .map(crate::dispatch::registry::Entry::handler_info)
             .collect()
+    }
+}
+
+/// Reads the newest position of every exact durable channel this worker handles into the
+/// dispatcher's cursors.
+async fn durable_baselines(
+    shared: &Resources,
+    subscriptions: &Subscriptions,
+    dispatcher: &Dispatcher,
+    broker: Arc<dyn Broker>,
+) {
+    for channel in shared.publisher.durable().exact() {
+        if !subscriptions.matches(&channel) || !dispatcher.routes(&channel) {
+            continue;
+        }
+        match broker.read_stream(&channel, u64::MAX, 1).await {
+            Ok(read) => {
+                let channel: Arc<str> = Arc::from(channel);
+                dispatcher.cursors.set(
+                    &channel,
+                    crate::dispatch::Cursor {
+                        epoch: read.epoch,
+                        offset: read.last,
+                    },
+                );
+            }
+            Err(error) => tracing::warn!(
+                channel = %channel,
+                %error,
+                "could not read a durable channel's position at start: the worker starts from its first live message"
+            ),
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! The in-process broker: Redis pub/sub semantics in memory, for one process or for several
 //! workers in one test.
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use super::durable::{new_epoch, Position, Retention, StreamRead};
 use super::presence::{Feed, GroupMember, MemoryPresence, PresenceChange, PresenceTable};
 use super::{Broker, Inbox, PresenceStore, Subscriptions};
 use crate::error::BrokerError;
@@ -20,7 +22,9 @@ use crate::error::BrokerError;
 /// queue is full loses the message (counted).
 ///
 /// It also keeps a [presence store](super::presence) in memory, shared by its clones, so that
-/// the WebSocket servers of workers on one bus see each other's clients as they would on Redis.
+/// the WebSocket servers of workers on one bus see each other's clients as they would on Redis,
+/// and the streams of [durable](crate::Builder::durable) channels, so that a message a full queue
+/// dropped is read again, as on Redis.
 ///
 /// ```
 /// use switchboard::{MemoryBroker, Switchboard};
@@ -34,6 +38,16 @@ use crate::error::BrokerError;
 pub struct MemoryBroker {
     bus: Arc<RwLock<Vec<Subscriber>>>,
     presence: Arc<MemoryPresence>,
+    streams: Arc<Mutex<HashMap<String, MemoryStream>>>,
+}
+
+/// A durable channel's history in memory.
+#[derive(Debug)]
+struct MemoryStream {
+    epoch: Arc<str>,
+    entries: VecDeque<(u64, Bytes)>,
+    last: u64,
+    expires: Instant,
 }
 
 #[derive(Debug)]
@@ -91,6 +105,79 @@ impl Broker for MemoryBroker {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn publish_durable(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<Position, BrokerError>> {
+        let now = Instant::now();
+        let mut streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        streams.retain(|_, s| s.expires > now);
+        let stream = streams
+            .entry(channel.to_owned())
+            .or_insert_with(|| MemoryStream {
+                epoch: new_epoch(),
+                entries: VecDeque::new(),
+                last: 0,
+                expires: now,
+            });
+        stream.last += 1;
+        stream.expires = now + retention.max_age();
+        stream.entries.push_back((stream.last, payload.clone()));
+        let keep = usize::try_from(retention.max_messages()).unwrap_or(usize::MAX);
+        while stream.entries.len() > keep {
+            stream.entries.pop_front();
+        }
+        let position = Position {
+            epoch: stream.epoch.clone(),
+            offset: stream.last,
+        };
+        // Delivered under the streams' lock, so that every subscriber gets a channel's offsets in
+        // order whatever the publishers race.
+        let mut bus = self
+            .bus
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        bus.retain(|s| !s.shutdown.is_cancelled());
+        for s in bus.iter().filter(|s| s.subscriptions.matches(channel)) {
+            s.inbox
+                .deliver_at(channel, payload.clone(), Some(position.clone()));
+        }
+        Box::pin(std::future::ready(Ok(position)))
+    }
+
+    fn read_stream(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<StreamRead, BrokerError>> {
+        let now = Instant::now();
+        let streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let read = match streams.get(channel).filter(|s| s.expires > now) {
+            None => StreamRead::default(),
+            Some(stream) => StreamRead {
+                epoch: Some(stream.epoch.clone()),
+                entries: stream
+                    .entries
+                    .iter()
+                    .filter(|(offset, _)| *offset > after)
+                    .take(limit)
+                    .cloned()
+                    .collect(),
+                last: stream.last,
+            },
+        };
+        Box::pin(std::future::ready(Ok(read)))
     }
 
     fn presence(&self) -> Option<Arc<dyn PresenceStore>> {

@@ -1,9 +1,11 @@
 //! Brokers carry messages between workers: the in-process [`MemoryBroker`] (the default) and the
 //! Redis broker.
 //!
-//! Redis pub/sub, and so every broker here, is **at-most-once**: a message published while a
-//! worker is disconnected, or dropped because its dispatch queue is full, is lost to that worker.
-//! Both cases are counted (see [`Stats`](crate::Stats)).
+//! Redis pub/sub, and so every broker here, is **at-most-once** for ordinary channels: a message
+//! published while a worker is disconnected, or dropped because its dispatch queue is full, is lost
+//! to that worker. Both cases are counted (see [`Stats`](crate::Stats)). A
+//! [durable](crate::Builder::durable) channel is **at-least-once**: its messages are also kept in
+//! a stream (see [`durable`]), from which a worker fills any gap in the offsets it sees.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -18,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use crate::error::BrokerError;
 use crate::observe::stats::{Counters, InFlight, RateLimit};
 
+pub mod durable;
 mod memory;
 pub mod presence;
 mod redis;
 
+pub use self::durable::{Position, Retention, StreamRead};
 pub use self::presence::PresenceStore;
 pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
@@ -53,6 +57,35 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// worker then sees its own clients only.
     fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
         None
+    }
+
+    /// Appends `payload` (a JSON object's text) to the stream of the durable `channel`, trimmed
+    /// to `retention`, and publishes it live with its [`Position`], atomically. The default
+    /// refuses: a broker without streams has no durable channels.
+    fn publish_durable(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<Position, BrokerError>> {
+        let _ = (payload, retention);
+        let error = BrokerError::Config(format!(
+            "the {} broker has no streams, so `{channel}` cannot be durable",
+            self.kind()
+        ));
+        Box::pin(std::future::ready(Err(error)))
+    }
+
+    /// Reads at most `limit` entries of `channel`'s stream after the offset `after`, and the
+    /// stream's epoch and newest offset.
+    fn read_stream(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<StreamRead, BrokerError>> {
+        let _ = (channel, after, limit);
+        Box::pin(std::future::ready(Ok(StreamRead::default())))
     }
 }
 
@@ -207,6 +240,8 @@ impl fmt::Display for Subscriptions {
 pub(crate) struct Incoming {
     pub(crate) channel: Arc<str>,
     pub(crate) payload: Bytes,
+    /// Its place in the channel's stream, for a message of a durable channel.
+    pub(crate) position: Option<Position>,
     /// When the broker handed it over (the start of `switchboard_dispatch_duration_seconds`).
     pub(crate) received: std::time::Instant,
 }
@@ -218,6 +253,7 @@ pub struct Inbox {
     counters: Arc<Counters>,
     in_flight: Arc<InFlight>,
     warn: Arc<RateLimit>,
+    resync: Arc<tokio::sync::Notify>,
 }
 
 impl fmt::Debug for Inbox {
@@ -233,6 +269,7 @@ impl Inbox {
         capacity: usize,
         counters: Arc<Counters>,
         in_flight: Arc<InFlight>,
+        resync: Arc<tokio::sync::Notify>,
     ) -> (Self, mpsc::Receiver<Incoming>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (
@@ -241,6 +278,7 @@ impl Inbox {
                 counters,
                 in_flight,
                 warn: Arc::new(RateLimit::new(Duration::from_secs(5))),
+                resync,
             },
             rx,
         )
@@ -248,11 +286,28 @@ impl Inbox {
 
     /// Hands a message to the dispatcher without waiting. Returns false when it was dropped
     /// because the queue is full (counted, with a rate-limited warning) or the worker stopped.
+    ///
+    /// A live message of a durable channel (as a broker's script publishes it, its position
+    /// first) is recognised here: the dispatcher gets its position and the payload as stored.
     pub fn deliver(&self, channel: &str, payload: Bytes) -> bool {
+        match durable::split_live(&payload) {
+            Some((position, stored)) => self.deliver_at(channel, stored, Some(position)),
+            None => self.deliver_at(channel, payload, None),
+        }
+    }
+
+    /// [`deliver`](Self::deliver) for a message whose position the broker already knows.
+    pub(crate) fn deliver_at(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        position: Option<Position>,
+    ) -> bool {
         self.in_flight.start();
         let item = Incoming {
             channel: Arc::from(channel),
             payload,
+            position,
             received: std::time::Instant::now(),
         };
         match self.tx.try_send(item) {
@@ -281,9 +336,11 @@ impl Inbox {
         }
     }
 
-    /// Counts a reconnect of the broker's connection.
+    /// Counts a reconnect of the broker's connection, and asks the dispatcher to read what the
+    /// worker missed on its durable channels meanwhile.
     pub fn count_reconnect(&self) {
         Counters::inc(&self.counters.reconnects);
         self.counters.metrics.reconnects.increment(1);
+        self.resync.notify_one();
     }
 }

@@ -9,7 +9,9 @@
 //! and each handler run inside a `switchboard.handler` span (handler, channel, priority), both at
 //! INFO level, so whatever a handler logs carries them.
 
+mod durable;
 pub(crate) mod registry;
+pub(crate) use durable::Cursor;
 pub(crate) mod routing;
 
 use std::collections::{HashMap, VecDeque};
@@ -17,13 +19,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::broker::Incoming;
+use crate::broker::{Incoming, Position};
 use crate::dispatch::registry::Entry;
 use crate::dispatch::routing::{Route, Router};
 use crate::handler::context::{Context, Delivery, Resources};
@@ -107,11 +110,23 @@ pub(crate) struct DispatchConfig {
 }
 
 struct Job {
-    delivery: Arc<Delivery>,
-    route: Arc<Route>,
+    work: Work,
     /// When the broker handed the message over.
     received: Instant,
-    _pending: OwnedSemaphorePermit,
+    _pending: Option<OwnedSemaphorePermit>,
+}
+
+/// What a lane does next.
+enum Work {
+    /// An ordinary message, parsed and routed.
+    Ready {
+        delivery: Arc<Delivery>,
+        route: Arc<Route>,
+    },
+    /// A message of a durable channel: any gap before it is filled from the stream first.
+    Durable { payload: Bytes, position: Position },
+    /// Reads what the worker missed on this durable channel (at start, after a reconnect).
+    CatchUp,
 }
 
 pub(crate) struct Dispatcher {
@@ -128,6 +143,8 @@ pub(crate) struct Dispatcher {
     tracker: TaskTracker,
     /// Warnings about invalid payloads and rejected arguments, per channel and handler.
     invalid_log: KeyedRateLimit,
+    /// Where this worker is in each durable channel's stream.
+    pub(crate) cursors: durable::Cursors,
 }
 
 /// The key of the warnings about a channel's invalid payloads (no handler).
@@ -159,13 +176,18 @@ impl Dispatcher {
             observers,
             lanes: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
+            cursors: durable::Cursors::default(),
         }
     }
 
     /// Reads the queue until `shutdown`, then waits up to `grace` for running handlers.
+    ///
+    /// `resync` is notified when the broker reconnected (and once at start): every durable
+    /// channel this worker has a cursor on is then read from that cursor on.
     pub(crate) async fn run(
         self: Arc<Self>,
         mut rx: mpsc::Receiver<Incoming>,
+        resync: Arc<tokio::sync::Notify>,
         shutdown: CancellationToken,
         grace: Duration,
     ) {
@@ -173,6 +195,14 @@ impl Dispatcher {
             let item = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                () = resync.notified() => {
+                    for channel in self.cursors.channels() {
+                        self.in_flight.start();
+                        let job = Job { work: Work::CatchUp, received: Instant::now(), _pending: None };
+                        self.enqueue(channel, job).await;
+                    }
+                    continue;
+                }
                 item = rx.recv() => match item {
                     Some(item) => item,
                     None => break,
@@ -207,36 +237,75 @@ impl Dispatcher {
         let Incoming {
             channel,
             payload,
+            position,
             received,
         } = item;
-        let route = self.router.route(&channel);
-        route.received.increment(1);
         if !self.observers.is_empty() && !crate::message::event::is_internal(&channel) {
             self.observe(|| DispatchEvent::Received {
                 channel: channel.clone(),
             });
         }
+        let work = match position {
+            // Its offset is checked in its lane, in order, whatever it holds.
+            Some(position) => Work::Durable { payload, position },
+            None => {
+                let route = self.router.route(&channel);
+                route.received.increment(1);
+                match self.prepare(&channel, &payload, &route) {
+                    Some(parsed) => Work::Ready {
+                        delivery: Arc::new(Delivery::new(channel.clone(), parsed, payload)),
+                        route,
+                    },
+                    None => {
+                        self.in_flight.finish();
+                        return;
+                    }
+                }
+            }
+        };
+        let pending = self
+            .pending_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let job = Job {
+            work,
+            received,
+            _pending: Some(pending),
+        };
+        self.enqueue(channel, job).await;
+    }
+
+    /// Parses a payload within the limits and decides whether it runs here: `None` (counted and
+    /// logged) when it is invalid, this worker's own, or matches no handler.
+    fn prepare(
+        &self,
+        channel: &Arc<str>,
+        payload: &Bytes,
+        route: &Route,
+    ) -> Option<envelope::Parsed> {
         // The framework's internal channels carry its own messages, whose size does not depend on
         // the application's payloads: they are held to the default limits, whatever the
         // application chose for its own.
         let internal_limits = PayloadLimits::default();
-        let limits = if crate::message::event::is_internal(&channel) {
+        let limits = if crate::message::event::is_internal(channel) {
             &internal_limits
         } else {
             &self.config.limits
         };
-        let parsed = match envelope::parse(&payload, limits) {
+        let parsed = match envelope::parse(payload, limits) {
             Ok(parsed) => parsed,
             Err(error) => {
                 Counters::inc(&self.counters.invalid_payloads);
                 self.counters.metrics.dropped_invalid.increment(1);
-                if let Some(suppressed) = self.invalid_log.allow((NO_HANDLER, &channel)) {
+                if let Some(suppressed) = self.invalid_log.allow((NO_HANDLER, channel)) {
                     tracing::warn!(
                         channel = %channel,
                         worker_id = %self.config.worker_id,
                         size = payload.len(),
                         reason = error.reason(),
-                        preview = %envelope::preview(&payload),
+                        preview = %envelope::preview(payload),
                         %error,
                         suppressed,
                         "invalid payload dropped (at most one such warning per channel per interval; `suppressed` counts the ones held back since the last)"
@@ -246,45 +315,34 @@ impl Dispatcher {
                     channel: channel.clone(),
                     reason: error.to_string(),
                 });
-                self.in_flight.finish();
-                return;
+                return None;
             }
         };
         if parsed.is_own(&self.config.worker_id) {
             // The framework's own plumbing (a plugin's feed on an internal channel) comes back to
             // its sender too: dropped without a count, so that `skipped_own` counts application
             // messages only.
-            if crate::message::event::is_internal(&channel) {
-                self.in_flight.finish();
-                return;
+            if crate::message::event::is_internal(channel) {
+                return None;
             }
             Counters::inc(&self.counters.skipped_own);
             self.counters.metrics.skipped_own.increment(1);
             self.observe(|| DispatchEvent::SkippedOwn {
                 channel: channel.clone(),
             });
-            self.in_flight.finish();
-            return;
+            return None;
         }
         if route.candidates.is_empty() {
             Counters::inc(&self.counters.unrouted);
             self.counters.metrics.skipped_unrouted.increment(1);
             tracing::trace!(channel = %channel, "no handler matches");
-            self.in_flight.finish();
-            return;
+            return None;
         }
-        let pending = self
-            .pending_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let job = Job {
-            delivery: Arc::new(Delivery::new(channel.clone(), parsed, payload)),
-            route,
-            received,
-            _pending: pending,
-        };
+        Some(parsed)
+    }
+
+    /// Appends a job to its channel's lane, starting the lane when it is idle.
+    async fn enqueue(self: &Arc<Self>, channel: Arc<str>, job: Job) {
         {
             let mut lanes = self
                 .lanes
@@ -312,7 +370,7 @@ impl Dispatcher {
     async fn run_lane(&self, channel: Arc<str>, first: Job) {
         let mut job = first;
         loop {
-            self.process(job).await;
+            self.process(&channel, job).await;
             let next = {
                 let mut lanes = self
                     .lanes
@@ -330,14 +388,46 @@ impl Dispatcher {
         }
     }
 
-    async fn process(&self, job: Job) {
-        self.run_candidates(&job.delivery, &job.route).await;
-        self.counters
-            .metrics
-            .dispatch_duration
-            .record(job.received.elapsed());
-        drop(job);
+    async fn process(&self, channel: &Arc<str>, job: Job) {
+        match job.work {
+            Work::Ready { delivery, route } => {
+                self.run_candidates(&delivery, &route).await;
+                self.counters
+                    .metrics
+                    .dispatch_duration
+                    .record(job.received.elapsed());
+            }
+            Work::Durable { payload, position } => {
+                self.durable_message(channel, payload, position).await;
+                self.counters
+                    .metrics
+                    .dispatch_duration
+                    .record(job.received.elapsed());
+            }
+            Work::CatchUp => self.recover(channel, None).await,
+        }
+        drop(job._pending);
         self.in_flight.finish();
+    }
+
+    /// Handles one message read from (or published to) a durable channel's stream at
+    /// `position`: parsed, routed and run like any other, its handlers seeing the position.
+    pub(crate) async fn handle_stored(
+        &self,
+        channel: &Arc<str>,
+        payload: Bytes,
+        position: Position,
+        recovered: bool,
+    ) {
+        let route = self.router.route(channel);
+        route.received.increment(1);
+        let Some(parsed) = self.prepare(channel, &payload, &route) else {
+            return;
+        };
+        let mut delivery = Delivery::new(channel.clone(), parsed, payload);
+        delivery.position = Some(position);
+        delivery.recovered = recovered;
+        self.run_candidates(&Arc::new(delivery), &route).await;
     }
 
     /// Runs the matching handlers of one message, in order; returns how many ran.
@@ -379,6 +469,11 @@ impl Dispatcher {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether any handler (or internal subscriber) may run for `channel`.
+    pub(crate) fn routes(&self, channel: &str) -> bool {
+        !self.router.route(channel).candidates.is_empty()
     }
 
     /// Routes one message (cached channel candidates, then predicates); returns how many handlers

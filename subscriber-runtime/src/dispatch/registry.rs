@@ -149,6 +149,8 @@ pub(crate) struct Entry {
     pub(crate) metrics: std::sync::OnceLock<Box<HandlerMetrics>>,
     /// A plugin's internal subscriber: runs first, and is neither listed nor counted.
     pub(crate) internal: bool,
+    /// Its channels are durable (the attribute's `durable`, `Subscriber::durable`).
+    pub(crate) durable: bool,
 }
 
 impl Entry {
@@ -187,6 +189,7 @@ struct Candidate {
     /// The handler's own layers (the attribute's `layer = ...`, `Subscriber::layer`).
     layers: Vec<HandlerLayer>,
     requirements: Requirements,
+    durable: bool,
 }
 
 fn from_registration(r: &'static Registration) -> Candidate {
@@ -217,6 +220,7 @@ fn from_registration(r: &'static Registration) -> Candidate {
         timeout: r.timeout,
         layers: r.layers.iter().map(|layer| layer()).collect(),
         requirements,
+        durable: r.durable,
     }
 }
 
@@ -241,6 +245,7 @@ fn from_inline(s: InlineSubscriber, index: usize) -> Result<Candidate, BuildErro
         timeout: s.spec.timeout,
         layers: s.spec.layers,
         requirements: s.requirements,
+        durable: s.spec.durable,
     })
 }
 
@@ -361,6 +366,7 @@ pub(crate) fn build(
             timeout,
             metrics: std::sync::OnceLock::new(),
             internal: false,
+            durable: c.durable,
         };
         // The application's layers, then the group layers that pick it, then its own.
         if !options.layers.is_empty() || !c.layers.is_empty() {
@@ -406,6 +412,7 @@ pub(crate) fn build_internal(subscribers: Vec<InlineSubscriber>) -> Result<Vec<E
             timeout: c.timeout,
             metrics: std::sync::OnceLock::new(),
             internal: true,
+            durable: false,
         });
     }
     Ok(entries)

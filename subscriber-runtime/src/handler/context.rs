@@ -108,6 +108,10 @@ pub(crate) struct Delivery {
     pub(crate) worker_id: Option<Arc<str>>,
     pub(crate) include_sender: bool,
     pub(crate) received_at: SystemTime,
+    /// Its place in its durable channel's stream.
+    pub(crate) position: Option<crate::broker::Position>,
+    /// Whether it was read from the stream (a gap, a reconnect) rather than received live.
+    pub(crate) recovered: bool,
 }
 
 impl Delivery {
@@ -126,6 +130,8 @@ impl Delivery {
             worker_id: parsed.worker_id,
             include_sender: parsed.include_sender,
             received_at: SystemTime::now(),
+            position: None,
+            recovered: false,
         }
     }
 }
@@ -205,6 +211,17 @@ impl Context {
             include_sender: self.delivery.include_sender,
             received_at: self.delivery.received_at,
         }
+    }
+
+    /// The message's place in its [durable](crate::Builder::durable) channel's stream, and
+    /// whether it was recovered from it; `None` for a message of an ordinary channel.
+    pub fn stream_position(&self) -> Option<crate::handler::extract::StreamPosition> {
+        let position = self.delivery.position.as_ref()?;
+        Some(crate::handler::extract::StreamPosition {
+            epoch: position.epoch.clone(),
+            offset: position.offset,
+            recovered: self.delivery.recovered,
+        })
     }
 
     /// The state of type `T` the application provided, if any.

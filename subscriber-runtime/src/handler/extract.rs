@@ -228,6 +228,54 @@ impl<Cx: MessageContext> FromContext<Cx> for Envelope {
     }
 }
 
+/// A message's place in its [durable](crate::Builder::durable) channel's stream: the stream's
+/// `epoch`, the message's `offset` in it, and whether it was `recovered` (read from the stream
+/// after a gap or a reconnect) rather than received live.
+///
+/// Durable delivery is **at-least-once** per worker: within one run of a worker each offset is
+/// handled once (a live copy of a message already read from the stream is skipped), but a
+/// handler whose effects must happen once across restarts should remember the last
+/// `(epoch, offset)` it stored (in the same transaction as its effect) and skip what is not
+/// newer. As an argument, it rejects a message of an ordinary channel (the handler is then
+/// skipped); a handler for both takes [`Context`] and reads
+/// [`Context::stream_position`].
+///
+/// ```
+/// use switchboard::prelude::*;
+///
+/// #[websocket_subscriber(channel = "payments", durable)]
+/// async fn record(Message(payment): Message, at: StreamPosition) -> HandlerResult {
+///     // Store `payment` with `(at.epoch, at.offset)` as its unique key: a replay then changes
+///     // nothing.
+///     tracing::info!(epoch = %at.epoch, offset = at.offset, recovered = at.recovered, %payment);
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamPosition {
+    /// The stream's epoch: a new one each time the stream starts again from nothing.
+    pub epoch: Arc<str>,
+    /// The message's offset in the stream, from 1, without holes.
+    pub offset: u64,
+    /// Whether the message was read from the stream (a gap, a reconnect) rather than received
+    /// live.
+    pub recovered: bool,
+}
+
+/// The message did not come from a durable channel, so it has no [`StreamPosition`].
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the message did not come from a durable channel, so it has no stream position (take `Context` and read `stream_position()` to accept both)")]
+pub struct NotDurable;
+
+#[diagnostic::do_not_recommend]
+impl<Cx: MessageContext> FromContext<Cx> for StreamPosition {
+    type Rejection = NotDurable;
+    fn from_context(cx: &Cx) -> Result<Self, NotDurable> {
+        cx.message_context().stream_position().ok_or(NotDurable)
+    }
+}
+
 /// Shared state the application provided with `.state(value)`: a database pool, a job queue,
 /// a configuration, anything `Clone + Send + Sync + 'static`.
 ///

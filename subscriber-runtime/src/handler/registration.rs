@@ -34,6 +34,8 @@ pub struct Registration {
     pub timeout: Option<std::time::Duration>,
     /// The `layer = ...` key: makes each layer, the first one outermost.
     pub layers: &'static [fn() -> crate::handler::layer::HandlerLayer],
+    /// The `durable` key: the handler's channels are durable.
+    pub durable: bool,
 }
 
 impl fmt::Debug for Registration {

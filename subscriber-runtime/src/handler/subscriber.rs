@@ -36,6 +36,7 @@ pub struct Subscriber {
     pub(crate) priority: i32,
     pub(crate) timeout: Option<Duration>,
     pub(crate) layers: Vec<HandlerLayer>,
+    pub(crate) durable: bool,
 }
 
 impl fmt::Debug for Subscriber {
@@ -71,6 +72,7 @@ impl Subscriber {
             priority: 0,
             timeout: None,
             layers: Vec::new(),
+            durable: false,
         }
     }
 
@@ -106,6 +108,15 @@ impl Subscriber {
     /// A timeout for this handler, instead of the application's default.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Makes this subscriber's channels (exact, glob or regex) [durable](crate::Builder::durable),
+    /// with the default [`Retention`](crate::broker::Retention) unless the builder gives one, as
+    /// the attribute's `durable` key does. `build()` refuses it for `"*"` and for a subscriber
+    /// with predicates only.
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
         self
     }
 

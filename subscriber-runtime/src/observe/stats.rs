@@ -59,6 +59,15 @@ counters! {
     predicate_panics,
     /// Broker reconnects.
     reconnects,
+    /// Messages of durable channels read from their streams (a gap in the offsets, a reconnect)
+    /// and handled.
+    durable_recovered,
+    /// Live messages of durable channels skipped because their offset was already handled (read
+    /// from the stream first).
+    durable_duplicates,
+    /// Messages of durable channels lost to this worker: no longer in their stream (trimmed by
+    /// its retention, or expired) when the worker came to read them.
+    durable_lost,
 }
 
 impl Counters {

@@ -32,6 +32,10 @@ pub(crate) const LATE_RESULTS: &str = "switchboard_handler_late_results_total";
 pub const HANDLER_DURATION: &str = "switchboard_handler_duration_seconds";
 pub(crate) const PREDICATE_PANICS: &str = "switchboard_predicate_panics_total";
 pub(crate) const BROKER_RECONNECTS: &str = "switchboard_broker_reconnects_total";
+/// Messages of durable channels read from their streams (a gap, a reconnect).
+pub(crate) const DURABLE_RECOVERED: &str = "switchboard_durable_recovered_total";
+/// Messages of durable channels lost to a worker: no longer in their stream.
+pub(crate) const DURABLE_LOST: &str = "switchboard_durable_lost_total";
 
 /// The label value of a channel that is neither named by the application nor routed by a
 /// pattern, a regex or `"*"`.
@@ -54,6 +58,8 @@ pub(crate) struct Metrics {
     pub(crate) dispatch_duration: Histogram,
     pub(crate) reconnects: Counter,
     pub(crate) late_results: Counter,
+    pub(crate) durable_recovered: Counter,
+    pub(crate) durable_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +72,8 @@ impl Default for Metrics {
             dispatch_duration: Histogram::noop(),
             reconnects: Counter::noop(),
             late_results: Counter::noop(),
+            durable_recovered: Counter::noop(),
+            durable_lost: Counter::noop(),
         }
     }
 }
@@ -82,6 +90,8 @@ impl Metrics {
             dispatch_duration: metrics::histogram!(DISPATCH_DURATION),
             reconnects: metrics::counter!(BROKER_RECONNECTS),
             late_results: metrics::counter!(LATE_RESULTS),
+            durable_recovered: metrics::counter!(DURABLE_RECOVERED),
+            durable_lost: metrics::counter!(DURABLE_LOST),
         }
     }
 }
@@ -185,4 +195,12 @@ fn describe() {
         "Matcher predicates that panicked (counted as no match)"
     );
     describe_counter!(BROKER_RECONNECTS, "Reconnects of the broker's connection");
+    describe_counter!(
+        DURABLE_RECOVERED,
+        "Messages of durable channels read from their streams after a gap or a reconnect"
+    );
+    describe_counter!(
+        DURABLE_LOST,
+        "Messages of durable channels lost to this worker: no longer in their stream"
+    );
 }

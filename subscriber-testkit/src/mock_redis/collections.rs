@@ -26,6 +26,17 @@ pub(super) fn run(keyspace: &mut Keyspace, name: &str, args: &[Bytes]) -> Option
         ("HMSET", [key, pairs @ ..]) if !pairs.is_empty() && pairs.len() % 2 == 0 => {
             hset(keyspace, key, pairs).map(|_| ok())
         }
+        ("HMGET", [key, fields @ ..]) if !fields.is_empty() => keyspace
+            .get::<Hash>(key)
+            .map(|h| {
+                BytesFrame::Array(
+                    fields
+                        .iter()
+                        .map(|f| bulk_or_null(h.as_ref().and_then(|h| h.get(f).cloned())))
+                        .collect(),
+                )
+            })
+            .map_err(Into::into),
         ("HGET", [key, field]) => keyspace
             .get::<Hash>(key)
             .map(|h| bulk_or_null(h.and_then(|h| h.get(field).cloned())))
@@ -79,7 +90,7 @@ pub(super) fn run(keyspace: &mut Keyspace, name: &str, args: &[Bytes]) -> Option
         ("LREM", [key, count, value]) => lrem(keyspace, key, count, value),
         ("LLEN", [key]) => read(keyspace, key, |l: &List| int(l.len())),
         (
-            "HSET" | "HMSET" | "HGET" | "HDEL" | "HGETALL" | "HLEN" | "HINCRBY" | "HKEYS"
+            "HSET" | "HMSET" | "HMGET" | "HGET" | "HDEL" | "HGETALL" | "HLEN" | "HINCRBY" | "HKEYS"
             | "HEXISTS" | "SADD" | "SREM" | "SMEMBERS" | "SCARD" | "SISMEMBER" | "RPUSH" | "LPUSH"
             | "LRANGE" | "LREM" | "LLEN",
             _,

@@ -1,20 +1,25 @@
-//! Running one command: the queue-time checks (unknown command, arity, subscribed mode), the
-//! transaction commands, the connection commands, `SUBSCRIBE` and friends; the data commands are
-//! in `data` and `collections`.
+//! Running one command: the queue-time checks (unknown command or subcommand, arity, subscribed
+//! mode), the transaction commands, the connection commands, `SUBSCRIBE` and friends; the data
+//! commands are in `data`, `collections`, `streams` and `stream_groups`, the scripts in
+//! `scripting`.
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
+use super::blocking::Blocked;
 use super::keyspace::Keyspace;
 use super::pubsub::publish;
 use super::resp::{bulk, error, ok, parse_int, simple, wrong_arity};
 use super::server::Shared;
+use super::streams::{self, Read};
 use super::transaction::Session;
 
 /// What to do after a command.
 pub(super) enum After {
     Continue,
     Close,
+    /// A blocking read found nothing: wait (see `blocking`), then answer.
+    Block(Blocked),
 }
 
 /// The arity of every command the mock knows, as in Redis's command table: the number of
@@ -23,16 +28,63 @@ pub(super) enum After {
 fn arity(name: &str) -> Option<i64> {
     Some(match name {
         "PING" | "HELLO" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "QUIT" | "FLUSHALL" | "FLUSHDB" => -1,
-        "AUTH" | "CLIENT" | "SUBSCRIBE" | "PSUBSCRIBE" | "WATCH" | "DEL" | "EXISTS" => -2,
-        "SET" | "PEXPIRE" | "EXPIRE" | "HDEL" | "SADD" | "SREM" | "RPUSH" | "LPUSH" => -3,
-        "HSET" | "HMSET" => -4,
+        "AUTH" | "CLIENT" | "SUBSCRIBE" | "PSUBSCRIBE" | "WATCH" | "DEL" | "EXISTS" | "XGROUP"
+        | "XINFO" | "SCRIPT" => -2,
+        "SET" | "PEXPIRE" | "EXPIRE" | "HDEL" | "SADD" | "SREM" | "RPUSH" | "LPUSH" | "HMGET"
+        | "XDEL" | "XPENDING" | "EVAL" | "EVALSHA" => -3,
+        "HSET" | "HMSET" | "XRANGE" | "XREVRANGE" | "XTRIM" | "XREAD" | "XACK" => -4,
+        "XADD" => -5,
+        "XCLAIM" | "XAUTOCLAIM" => -6,
+        "XREADGROUP" => -7,
         "RESET" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" | "DBSIZE" => 1,
         "ECHO" | "SELECT" | "GET" | "PTTL" | "TTL" | "KEYS" | "TYPE" | "INCR" | "HGETALL"
-        | "HLEN" | "HKEYS" | "SMEMBERS" | "SCARD" | "LLEN" => 2,
+        | "HLEN" | "HKEYS" | "SMEMBERS" | "SCARD" | "LLEN" | "XLEN" => 2,
         "PUBLISH" | "INCRBY" | "HGET" | "HEXISTS" | "SISMEMBER" => 3,
         "HINCRBY" | "LRANGE" | "LREM" => 4,
         _ => return None,
     })
+}
+
+/// The arity of the subcommands of the container commands the mock implements, as in Redis's
+/// command table; `None` for a subcommand it does not know.
+fn subcommand_arity(name: &str, sub: &str) -> Option<i64> {
+    Some(match (name, sub) {
+        ("XGROUP", "CREATE" | "SETID") => -5,
+        ("XGROUP", "CREATECONSUMER" | "DELCONSUMER") => 5,
+        ("XGROUP", "DESTROY") => 4,
+        ("XINFO", "CONSUMERS") => 4,
+        ("XINFO", "GROUPS") => 3,
+        ("SCRIPT", "EXISTS") => -3,
+        ("SCRIPT", "FLUSH") => -2,
+        ("SCRIPT", "LOAD") => 3,
+        ("SCRIPT", "KILL") => 2,
+        _ => return None,
+    })
+}
+
+/// The queue-time check of a container command's subcommand (`XGROUP CREATE`...): Redis's error
+/// for an unknown one or a wrong arity.
+fn check_subcommand(name: &str, args: &[Bytes]) -> Option<BytesFrame> {
+    if !matches!(name, "XGROUP" | "XINFO" | "SCRIPT") {
+        return None;
+    }
+    let sent = String::from_utf8_lossy(args.first()?);
+    let sub = sent.to_ascii_uppercase();
+    let argc = i64::try_from(args.len()).unwrap_or(i64::MAX) + 1;
+    match subcommand_arity(name, &sub) {
+        None => {
+            let sent: String = sent.chars().take(128).collect();
+            Some(error(streams::sanitize(&format!(
+                "ERR unknown subcommand '{sent}'. Try {name} HELP."
+            ))))
+        }
+        Some(arity) if (arity >= 0 && argc != arity) || argc < -arity => Some(error(format!(
+            "ERR wrong number of arguments for '{}|{}' command",
+            name.to_ascii_lowercase(),
+            sub.to_ascii_lowercase()
+        ))),
+        Some(_) => None,
+    }
 }
 
 /// Runs one command, pushing its replies.
@@ -89,7 +141,7 @@ pub(super) fn execute(
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
             name.to_ascii_lowercase()
         ))),
-        Some(_) => None,
+        Some(_) => check_subcommand(&name, args),
     };
     if let Some(reply) = rejected {
         session.reject();
@@ -103,7 +155,8 @@ pub(super) fn execute(
         "WATCH" => replies.push(session.watch(&mut keyspace, id, args)),
         "EXEC" => {
             let reply = session.exec(&mut keyspace, id, |keyspace, name, args, replies| {
-                run(shared, id, keyspace, name, args, replies);
+                // A blocking command in a transaction does not block, as in Redis.
+                run(shared, id, keyspace, name, args, replies, false);
             });
             replies.push(reply);
         }
@@ -113,10 +166,10 @@ pub(super) fn execute(
         }
         "RESET" => {
             session.reset(&mut keyspace, id);
-            return run(shared, id, &mut keyspace, &name, args, replies);
+            return run(shared, id, &mut keyspace, &name, args, replies, true);
         }
         _ if session.in_multi() => replies.push(session.queue(&name, args)),
-        _ => return run(shared, id, &mut keyspace, &name, args, replies),
+        _ => return run(shared, id, &mut keyspace, &name, args, replies, true),
     }
     After::Continue
 }
@@ -141,7 +194,8 @@ fn unknown_command(name: &str, args: &[Bytes]) -> BytesFrame {
     ))
 }
 
-/// Runs a command that passed the queue-time checks (now, or queued in a transaction).
+/// Runs a command that passed the queue-time checks (now, or queued in a transaction: then
+/// `may_block` is false, and a blocking read that finds nothing answers nil at once).
 fn run(
     shared: &Shared,
     id: u64,
@@ -149,6 +203,7 @@ fn run(
     name: &str,
     args: &[Bytes],
     replies: &mut Vec<BytesFrame>,
+    may_block: bool,
 ) -> After {
     let subscribed = shared
         .clients()
@@ -303,6 +358,16 @@ fn run(
         "UNWATCH" => {
             keyspace.unwatch(id);
             replies.push(ok());
+        }
+        "XREAD" | "XREADGROUP" => match streams::read(keyspace, name, args) {
+            Read::Reply(reply) => replies.push(reply),
+            Read::Block(request, ms) if may_block => {
+                return After::Block(Blocked::new(request, ms))
+            }
+            Read::Block(..) => replies.push(BytesFrame::Null),
+        },
+        "EVAL" | "EVALSHA" | "SCRIPT" => {
+            replies.push(super::scripting::run(shared, keyspace, name, args));
         }
         _ => match super::data::run(keyspace, name, args) {
             Some(reply) => replies.push(reply),

@@ -1,6 +1,7 @@
 //! The data commands on keys and strings (`GET`, `SET`, `DEL`, `EXISTS`, `EXPIRE`, `PEXPIRE`,
 //! `TTL`, `PTTL`, `KEYS`, `DBSIZE`, `FLUSHALL`, `FLUSHDB`, `TYPE`, `INCR`, `INCRBY`), with Redis's
-//! replies and error messages; the hash, set and list commands are in `collections`.
+//! replies and error messages; the hash, set and list commands are in `collections`, the stream
+//! commands in `streams` and `stream_groups`.
 //!
 //! The caller has checked the arity (see `commands::arity`); the argument patterns below still
 //! answer a wrong arity rather than panic.
@@ -14,6 +15,7 @@ use super::resp::{
     bulk, bulks, error, int, int_arg, not_an_integer, ok, overflow, parse_int, simple,
     syntax_error, wrong_arity, wrong_type,
 };
+use super::streams;
 
 /// What a data command answers: its reply, or an error reply.
 pub(super) type Reply = Result<BytesFrame, BytesFrame>;
@@ -52,7 +54,9 @@ pub(super) fn run(keyspace: &mut Keyspace, name: &str, args: &[Bytes]) -> Option
             [key, by] => int_arg(by).and_then(|by| incr_by(keyspace, key, by)),
             _ => Err(wrong_arity("incrby")),
         },
-        _ => collections::run(keyspace, name, args)?,
+        _ => {
+            collections::run(keyspace, name, args).or_else(|| streams::run(keyspace, name, args))?
+        }
     };
     // A command may have created a collection and left it empty (e.g. on an error): Redis never
     // keeps an empty hash, set or list.

@@ -1,5 +1,5 @@
-//! The keyspace: the values (strings, hashes, sets, lists), their expiry, and the `WATCH`
-//! bookkeeping.
+//! The keyspace: the values (strings, hashes, sets, lists, streams), their expiry, the `WATCH`
+//! bookkeeping, and the signal that wakes the clients blocked on streams.
 //!
 //! Expiry is lazy, as in Redis: a key whose deadline has passed is deleted when it is next looked
 //! up. [`Keyspace::len`] and [`Keyspace::keys`] purge every expired key first, so `DBSIZE`, `KEYS`
@@ -9,19 +9,28 @@
 //! A modification of a key *touches* it: every client watching it gets its next `EXEC` aborted.
 //! The data commands call [`Keyspace::touch`] themselves when they change a value in place; every
 //! other change (insert, remove, expiry, flush) touches on its own.
+//!
+//! A client blocked by `XREAD`/`XREADGROUP ... BLOCK` waits on [`Keyspace::stream_signal`]: every
+//! `XADD`, `XGROUP DESTROY` and removal of a stream (deleted, replaced, expired, flushed) signals
+//! it, and each waiting client then checks its own streams again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
-/// A value, of one of the four types the mock knows.
+use super::stream::Stream;
+
+/// A value, of one of the five types the mock knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Value {
     String(Bytes),
     Hash(BTreeMap<Bytes, Bytes>),
     Set(BTreeSet<Bytes>),
     List(VecDeque<Bytes>),
+    Stream(Stream),
 }
 
 impl Value {
@@ -32,13 +41,14 @@ impl Value {
             Value::Hash(_) => "hash",
             Value::Set(_) => "set",
             Value::List(_) => "list",
+            Value::Stream(_) => "stream",
         }
     }
 
-    /// An empty hash, set or list, which Redis never keeps.
+    /// An empty hash, set or list, which Redis never keeps (an empty stream stays).
     fn is_empty_collection(&self) -> bool {
         match self {
-            Value::String(_) => false,
+            Value::String(_) | Value::Stream(_) => false,
             Value::Hash(h) => h.is_empty(),
             Value::Set(s) => s.is_empty(),
             Value::List(l) => l.is_empty(),
@@ -111,6 +121,8 @@ struct Watch {
 pub(super) struct Keyspace {
     entries: BTreeMap<Bytes, Entry>,
     watches: HashMap<u64, Watch>,
+    /// Wakes the clients blocked on streams (see the module's documentation).
+    stream_signal: Arc<Notify>,
 }
 
 /// The current Unix time in milliseconds.
@@ -129,8 +141,8 @@ impl Keyspace {
             .and_then(|e| e.expires_at)
             .is_some_and(|at| now > at);
         if due {
-            self.entries.remove(key);
-            self.touch(key);
+            let removed = self.entries.remove(key);
+            self.removed(key, removed.as_ref());
         }
     }
 
@@ -144,8 +156,8 @@ impl Keyspace {
             .map(|(k, _)| k.clone())
             .collect();
         for key in due {
-            self.entries.remove(&key);
-            self.touch(&key);
+            let removed = self.entries.remove(&key);
+            self.removed(&key, removed.as_ref());
         }
     }
 
@@ -201,17 +213,17 @@ impl Keyspace {
     /// Stores `value` at `key`, replacing any value, with the given deadline.
     pub(super) fn insert(&mut self, key: Bytes, value: Value, expires_at: Option<i64>) {
         self.touch(&key);
-        self.entries.insert(key, Entry { value, expires_at });
+        if let Some(old) = self.entries.insert(key, Entry { value, expires_at }) {
+            self.signal_if_stream(&old);
+        }
     }
 
     /// Deletes `key`; true when it existed.
     pub(super) fn remove(&mut self, key: &[u8]) -> bool {
         self.expire_if_due(key, now_ms());
-        let removed = self.entries.remove(key).is_some();
-        if removed {
-            self.touch(key);
-        }
-        removed
+        let removed = self.entries.remove(key);
+        self.removed(key, removed.as_ref());
+        removed.is_some()
     }
 
     /// The deadline of `key`: `None` when there is no such key, `Some(None)` when it has none.
@@ -229,7 +241,10 @@ impl Keyspace {
             return false;
         };
         if expires_at.is_some_and(|at| at <= now) {
-            self.entries.remove(key);
+            let removed = self.entries.remove(key);
+            if let Some(removed) = &removed {
+                self.signal_if_stream(removed);
+            }
         } else {
             entry.expires_at = expires_at;
         }
@@ -258,12 +273,43 @@ impl Keyspace {
                 watch.dirty = true;
             }
         }
+        if entries
+            .values()
+            .any(|e| matches!(e.value, Value::Stream(_)))
+        {
+            self.signal_streams();
+        }
     }
 
     /// Forgets everything, watches included (a restart, which drops every client).
     pub(super) fn clear(&mut self) {
         self.entries.clear();
         self.watches.clear();
+    }
+
+    /// After `key` was removed (`removed` is its entry, if it existed): touches it, and wakes the
+    /// clients blocked on a stream.
+    fn removed(&mut self, key: &[u8], removed: Option<&Entry>) {
+        if let Some(entry) = removed {
+            self.touch(key);
+            self.signal_if_stream(entry);
+        }
+    }
+
+    fn signal_if_stream(&self, entry: &Entry) {
+        if matches!(entry.value, Value::Stream(_)) {
+            self.signal_streams();
+        }
+    }
+
+    /// Wakes every client blocked on a stream, to check its streams again.
+    pub(super) fn signal_streams(&self) {
+        self.stream_signal.notify_waiters();
+    }
+
+    /// What the clients blocked on streams wait on.
+    pub(super) fn stream_signal(&self) -> Arc<Notify> {
+        self.stream_signal.clone()
     }
 
     /// Signals a modification of `key`: every client watching it will have its `EXEC` aborted.

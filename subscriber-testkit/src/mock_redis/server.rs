@@ -1,8 +1,8 @@
 //! The server side: the state shared by every connection, the accept loop (which honours
 //! [`refuse_connections_for`](super::MockRedis::refuse_connections_for)), and the task serving one
-//! connection (which honours drops and stalls).
+//! connection (which honours drops and stalls, and waits in `blocking` when a read blocks).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use super::blocking::{self, Connection};
 use super::commands::{execute, After};
 use super::keyspace::Keyspace;
 use super::resp::Codec;
@@ -23,9 +24,11 @@ use super::transaction::Session;
 #[derive(Default)]
 pub(super) struct Shared {
     /// The keys; its lock is also the server-wide command lock (see `commands::execute`). Lock
-    /// order: `keyspace`, then `clients`.
+    /// order: `keyspace`, then `clients` or `scripts`.
     keyspace: Mutex<Keyspace>,
     clients: Mutex<HashMap<u64, Client>>,
+    /// The script cache: the body of each script by its SHA1 (lower-case hex).
+    scripts: Mutex<BTreeMap<String, Bytes>>,
     next_id: AtomicU64,
     pub(super) published: AtomicU64,
     pub(super) refuse_until: Mutex<Option<Instant>>,
@@ -40,6 +43,12 @@ impl Shared {
 
     pub(super) fn clients(&self) -> MutexGuard<'_, HashMap<u64, Client>> {
         self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn scripts(&self) -> MutexGuard<'_, BTreeMap<String, Bytes>> {
+        self.scripts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -120,6 +129,8 @@ async fn serve(
     let _ = socket.set_nodelay(true);
     let mut framed = Framed::new(socket, Codec::default());
     let mut session = Session::default();
+    // Commands received while a read was blocked, run first.
+    let mut backlog = VecDeque::new();
     loop {
         let mut replies = Vec::new();
         let after = tokio::select! {
@@ -129,6 +140,9 @@ async fn serve(
                 // Hold the socket open, silent, until dropped (or the server stops).
                 kill.cancelled().await;
                 break;
+            }
+            Some(frame) = async { backlog.pop_front() }, if !backlog.is_empty() => {
+                execute(&shared, id, &mut session, frame, &mut replies)
             }
             push = pushed.recv() => match push {
                 Some(frame) => {
@@ -145,6 +159,23 @@ async fn serve(
                 }
                 None => break,
             },
+        };
+        let after = match after {
+            After::Block(blocked) => {
+                let conn = Connection {
+                    id,
+                    framed: &mut framed,
+                    backlog: &mut backlog,
+                    kill: &kill,
+                    stall: &stall,
+                };
+                match blocking::wait(&shared, blocked, conn).await {
+                    Some(reply) => replies.push(reply),
+                    None => break,
+                }
+                After::Continue
+            }
+            after => after,
         };
         let write = async {
             for reply in replies {

@@ -18,13 +18,13 @@ use super::MockRedis;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-type Raw = Framed<TcpStream, Resp2>;
+pub(super) type Raw = Framed<TcpStream, Resp2>;
 
-async fn raw(addr: SocketAddr) -> Raw {
+pub(super) async fn raw(addr: SocketAddr) -> Raw {
     Framed::new(TcpStream::connect(addr).await.unwrap(), Resp2::default())
 }
 
-async fn call(conn: &mut Raw, args: &[&str]) -> BytesFrame {
+pub(super) async fn call(conn: &mut Raw, args: &[&str]) -> BytesFrame {
     let frame = BytesFrame::Array(args.iter().map(|a| bulk(a.as_bytes().to_vec())).collect());
     conn.send(frame).await.unwrap();
     tokio::time::timeout(WAIT, conn.next())
@@ -354,9 +354,9 @@ async fn watch_aborts_exec_when_a_watched_key_changes() {
 }
 
 /// A real `redis-server` on a free port, stopped on drop.
-struct RealRedis {
+pub(super) struct RealRedis {
     child: Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
 }
 
 impl Drop for RealRedis {
@@ -368,7 +368,7 @@ impl Drop for RealRedis {
 
 impl RealRedis {
     /// Starts `redis-server` when it is on `PATH`.
-    async fn start() -> Option<Self> {
+    pub(super) async fn start() -> Option<Self> {
         let binary = std::env::split_paths(&std::env::var_os("PATH")?)
             .map(|dir| dir.join("redis-server"))
             .find(|path| path.is_file())?;

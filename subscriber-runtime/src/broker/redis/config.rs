@@ -52,6 +52,7 @@ impl RedisBroker {
                 max: DEFAULT_BACKOFF_MAX,
             },
             publisher: Arc::default(),
+            reader: Arc::default(),
         })
     }
 

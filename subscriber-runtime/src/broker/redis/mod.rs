@@ -17,11 +17,12 @@ use futures_util::future::BoxFuture;
 use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, Inbox, PresenceStore, Subscriptions};
+use super::{Broker, Inbox, Position, PresenceStore, Retention, StreamRead, Subscriptions};
 use crate::error::BrokerError;
 
 mod backoff;
 mod config;
+mod durable;
 mod presence;
 mod publisher;
 mod subscriber;
@@ -109,6 +110,9 @@ pub struct RedisBroker {
     ping_interval: Duration,
     backoff: Backoff,
     publisher: Arc<PublishSlot>,
+    /// A second connection, for reading durable channels' streams: a read never queues behind
+    /// publishes, nor publishes behind a long read.
+    reader: Arc<PublishSlot>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -202,6 +206,46 @@ impl Broker for RedisBroker {
 
     fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
         Some(Arc::new(self.clone()))
+    }
+
+    fn publish_durable(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        retention: Retention,
+    ) -> BoxFuture<'_, Result<Position, BrokerError>> {
+        let channel = channel.to_owned();
+        Box::pin(async move {
+            self.check_config()?;
+            let work = self.publish_durable_on(&channel, &payload, retention);
+            match tokio::time::timeout(self.publish_timeout, work).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.publisher.discard_all();
+                    Err(BrokerError::Timeout(self.publish_timeout))
+                }
+            }
+        })
+    }
+
+    fn read_stream(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<StreamRead, BrokerError>> {
+        let channel = channel.to_owned();
+        Box::pin(async move {
+            self.check_config()?;
+            let work = self.read_stream_on(&channel, after, limit);
+            match tokio::time::timeout(self.publish_timeout, work).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.reader.discard_all();
+                    Err(BrokerError::Timeout(self.publish_timeout))
+                }
+            }
+        })
     }
 }
 

@@ -1,0 +1,275 @@
+//! Durable channels in the dispatcher: each channel's cursor (the last offset handled), and the
+//! filling of gaps from the channel's stream, in order, inside the channel's lane.
+//!
+//! - A live message one past the cursor runs; one at or before it is a duplicate (it was already
+//!   read from the stream) and is skipped; one further on first has the gap read from the stream
+//!   and handled.
+//! - A message of another epoch means the stream started again (it expired, or Redis lost its
+//!   data): the new epoch's earlier messages are read from offset 1.
+//! - After a reconnect (and once at start), every channel with a cursor is read from its cursor
+//!   to the end of its stream ([`Work::CatchUp`](super::Work)).
+//! - What the stream no longer holds (trimmed by its retention, or expired) is counted in
+//!   [`Stats::durable_lost`](crate::Stats::durable_lost) and logged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::Dispatcher;
+use crate::broker::Position;
+use crate::observe::stats::Counters;
+
+/// How many entries one read of a stream takes.
+const BATCH: usize = 256;
+/// How many times a failed read of a stream is tried before the gap is given up as lost.
+const READ_ATTEMPTS: u32 = 6;
+
+/// Where the worker is in a durable channel's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    /// `None`: the channel had no stream when the cursor was set (any epoch then starts at 1).
+    pub(crate) epoch: Option<Arc<str>>,
+    /// The last offset handled (0: none).
+    pub(crate) offset: u64,
+}
+
+/// At most this many cursors are kept: a publisher inventing channel names under a durable
+/// pattern cannot make a worker's memory grow without bound.
+const MAX_CURSORS: usize = 100_000;
+/// A cursor untouched for this long is the first to go when the table is full.
+const IDLE: Duration = Duration::from_secs(600);
+
+/// Every durable channel's cursor.
+#[derive(Debug, Default)]
+pub(crate) struct Cursors {
+    map: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    cursors: HashMap<Arc<str>, (Cursor, Instant)>,
+    /// When idle cursors were last swept (at most once a second, when the table is full).
+    swept: Option<Instant>,
+}
+
+impl Cursors {
+    pub(crate) fn get(&self, channel: &str) -> Option<Cursor> {
+        self.lock().cursors.get(channel).map(|(c, _)| c.clone())
+    }
+
+    pub(crate) fn set(&self, channel: &Arc<str>, cursor: Cursor) {
+        let now = Instant::now();
+        let mut table = self.lock();
+        if table.cursors.len() >= MAX_CURSORS && !table.cursors.contains_key(channel) {
+            if table
+                .swept
+                .is_none_or(|at| now - at > Duration::from_secs(1))
+            {
+                table.swept = Some(now);
+                table
+                    .cursors
+                    .retain(|_, (_, touched)| now - *touched < IDLE);
+            }
+            if table.cursors.len() >= MAX_CURSORS {
+                // All recent: any one goes (its channel's next message starts it again).
+                let any = table.cursors.keys().next().cloned();
+                if let Some(any) = any {
+                    table.cursors.remove(&any);
+                }
+            }
+        }
+        table.cursors.insert(channel.clone(), (cursor, now));
+    }
+
+    pub(crate) fn channels(&self) -> Vec<Arc<str>> {
+        self.lock().cursors.keys().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Dispatcher {
+    /// A live message of a durable channel, in its lane.
+    pub(super) async fn durable_message(
+        &self,
+        channel: &Arc<str>,
+        payload: Bytes,
+        position: Position,
+    ) {
+        match self.cursors.get(channel) {
+            Some(cursor) if cursor.epoch.as_deref() == Some(&*position.epoch) => {
+                if position.offset <= cursor.offset {
+                    Counters::inc(&self.counters.durable_duplicates);
+                    tracing::trace!(channel = %channel, %position, "durable message already handled");
+                    return;
+                }
+                if position.offset > cursor.offset + 1 {
+                    self.recover(channel, Some(&position)).await;
+                }
+            }
+            // The worker knew the channel (or that it had no stream): everything of this epoch
+            // before this message was published since.
+            Some(cursor) if cursor.epoch.is_some() || position.offset > 1 => {
+                self.recover(channel, Some(&position)).await;
+            }
+            // No stream at the worker's start, and this is its first message: nothing to read.
+            Some(_) => {}
+            // The first message seen on a channel no cursor was set for (a pattern's channel):
+            // the worker starts here.
+            None => {}
+        }
+        self.cursors.set(
+            channel,
+            Cursor {
+                epoch: Some(position.epoch.clone()),
+                offset: position.offset,
+            },
+        );
+        self.handle_stored(channel, payload, position, false).await;
+    }
+
+    /// Reads `channel`'s stream from its cursor and handles each entry, in order: up to just
+    /// before `until` (a live message's position), or to the end of the stream (`None`).
+    pub(super) async fn recover(&self, channel: &Arc<str>, until: Option<&Position>) {
+        let Some(mut cursor) = self.cursors.get(channel) else {
+            return;
+        };
+        loop {
+            if let Some(until) = until {
+                if cursor.epoch.as_deref() == Some(&*until.epoch)
+                    && cursor.offset + 1 >= until.offset
+                {
+                    return;
+                }
+            }
+            let Some(read) = self.read_with_retries(channel, cursor.offset).await else {
+                let missed = until.map_or(0, |u| u.offset.saturating_sub(cursor.offset + 1));
+                self.lost(channel, missed, "the stream could not be read");
+                return;
+            };
+            let Some(epoch) = read.epoch.clone() else {
+                // No stream (any more): nothing to read.
+                let missed = until.map_or(0, |u| u.offset.saturating_sub(cursor.offset + 1));
+                self.lost(channel, missed, "the stream expired");
+                return;
+            };
+            if let Some(until) = until {
+                if until.epoch != epoch {
+                    // The stream started again after the live message: its epoch is gone.
+                    let missed = until.offset.saturating_sub(cursor.offset + 1);
+                    self.lost(channel, missed, "the stream started a new epoch since");
+                    return;
+                }
+            }
+            if cursor.epoch.as_deref() != Some(&*epoch) {
+                if let Some(old) = &cursor.epoch {
+                    tracing::warn!(
+                        channel = %channel,
+                        worker_id = %self.config.worker_id,
+                        old_epoch = %old,
+                        new_epoch = %epoch,
+                        "durable channel's stream started again (expired, or Redis lost its data): the old epoch's unread messages are lost; reading the new one from its start"
+                    );
+                    // Re-read from the start of the new epoch.
+                    cursor = Cursor {
+                        epoch: Some(epoch),
+                        offset: 0,
+                    };
+                    continue;
+                }
+                cursor.epoch = Some(epoch.clone());
+            }
+            let limit = until.map_or(u64::MAX, |u| u.offset - 1);
+            let mut progressed = false;
+            for (offset, payload) in read.entries {
+                if offset > limit {
+                    break;
+                }
+                if offset <= cursor.offset {
+                    continue;
+                }
+                if offset > cursor.offset + 1 {
+                    self.lost(
+                        channel,
+                        offset - cursor.offset - 1,
+                        "trimmed from the stream (its retention is too short for the outage)",
+                    );
+                }
+                let position = Position {
+                    epoch: epoch.clone(),
+                    offset,
+                };
+                cursor.offset = offset;
+                progressed = true;
+                self.cursors.set(channel, cursor.clone());
+                Counters::inc(&self.counters.durable_recovered);
+                self.counters.metrics.durable_recovered.increment(1);
+                self.handle_stored(channel, payload, position, true).await;
+            }
+            if !progressed {
+                let end = until.map_or(read.last, |u| u.offset - 1);
+                if end > cursor.offset {
+                    self.lost(
+                        channel,
+                        end - cursor.offset,
+                        "no longer in the stream (trimmed by its retention)",
+                    );
+                    cursor.offset = end;
+                    self.cursors.set(channel, cursor.clone());
+                }
+                return;
+            }
+        }
+    }
+
+    async fn read_with_retries(
+        &self,
+        channel: &Arc<str>,
+        after: u64,
+    ) -> Option<crate::broker::StreamRead> {
+        let broker = self.shared.publisher.broker();
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=READ_ATTEMPTS {
+            match broker.read_stream(channel, after, BATCH).await {
+                Ok(read) => return Some(read),
+                Err(error) => {
+                    tracing::warn!(
+                        channel = %channel,
+                        worker_id = %self.config.worker_id,
+                        attempt,
+                        %error,
+                        "reading a durable channel's stream failed; retrying"
+                    );
+                    if attempt < READ_ATTEMPTS {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn lost(&self, channel: &Arc<str>, count: u64, why: &str) {
+        if count == 0 {
+            return;
+        }
+        self.counters
+            .durable_lost
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        self.counters.metrics.durable_lost.increment(count);
+        tracing::warn!(
+            channel = %channel,
+            worker_id = %self.config.worker_id,
+            count,
+            reason = why,
+            "durable channel's messages lost to this worker"
+        );
+    }
+}

@@ -18,7 +18,10 @@
 //! - `PUBLISH`: a message to publish once, right after start;
 //! - `DURABLE=1`: makes the channel durable (see `Builder::durable`): what a worker misses while
 //!   its link to Redis is down is read from the channel's stream when it is back, and each line
-//!   printed ends with the message's offset, and `recovered` when it came from the stream.
+//!   printed ends with the message's offset, and `recovered` when it came from the stream;
+//! - `ONCE=1`: makes the handler run-once (see `Subscriber::once`): each message is printed by one
+//!   worker only; `ONCE_CLAIM_IDLE_MS` (default 60000) is how long a message taken by a worker that
+//!   died waits before another worker takes it over.
 //!
 //! Every line read from standard input is published as `{"from": WORKER_NAME, "text": line}` to
 //! the *other* workers (a worker does not receive its own messages). The worker stops at the end
@@ -68,7 +71,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                 ),
         );
-    if std::env::var("DURABLE").is_ok_and(|d| d == "1") {
+    if std::env::var("ONCE").is_ok_and(|d| d == "1") {
+        let idle = std::env::var("ONCE_CLAIM_IDLE_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(60_000);
+        let me = name.clone();
+        builder = Switchboard::builder()
+            .broker_from_env()?
+            .without_linked_handlers()
+            .framework_channels(false)
+            .handler_timeout(std::time::Duration::from_millis(idle / 2))
+            .once_claim_idle(std::time::Duration::from_millis(idle))
+            .subscriber(
+                Subscriber::channels([channel.clone()])
+                    .name("print_once")
+                    .once()
+                    .handle(
+                        move |channel: Channel, Message(message): Message, cx: Context| {
+                            let at = cx.stream_position().map(|at| at.offset).unwrap_or_default();
+                            println!("RECEIVED {me} {channel} {message} offset={at}");
+                        },
+                    ),
+            );
+    } else if std::env::var("DURABLE").is_ok_and(|d| d == "1") {
         builder = builder.durable(
             channel.as_str(),
             switchboard::broker::Retention::new().messages(10_000),

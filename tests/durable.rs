@@ -499,3 +499,107 @@ fn durable_needs_a_channel_to_keep() {
     );
     assert!(handler.contains("handler `tap`"), "{handler}");
 }
+
+/// A run-once worker: its handler logs `(worker, n)`; `hang` makes it take messages and never
+/// finish them (a worker that died holding them, as far as the group can tell).
+async fn once_worker(
+    broker: impl switchboard::Broker,
+    name: &str,
+    log: Arc<Mutex<Vec<(String, u64)>>>,
+    hang: bool,
+) -> Running {
+    let me = name.to_owned();
+    Switchboard::builder()
+        .without_linked_handlers()
+        .framework_channels(false)
+        .worker_id(name)
+        .broker(broker)
+        .handler_timeout(Duration::from_secs(60))
+        .once_claim_idle(Duration::from_millis(300))
+        .subscriber(Subscriber::channels(["jobs"]).name("charge").once().handle(
+            move |Message(m): Message| {
+                let (log, me) = (log.clone(), me.clone());
+                async move {
+                    if hang {
+                        log.lock()
+                            .unwrap()
+                            .push((me.clone(), m["n"].as_u64().unwrap()));
+                        std::future::pending::<()>().await;
+                    }
+                    log.lock().unwrap().push((me, m["n"].as_u64().unwrap()));
+                }
+            },
+        ))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Three run-once workers (one hangs on the first message it takes, holding its batch) and a
+/// publisher: each message runs once on the others, and what the hung worker took is taken over.
+async fn each_message_runs_once<B: switchboard::Broker + Clone>(broker: B, what: &str) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // The publisher has the same durable rule as the workers (workers of one binary have).
+    let source = publisher(broker.clone(), "jobs", Retention::default()).await;
+    // The hung worker alone first, so that it takes some.
+    let hung = once_worker(broker.clone(), "hung", log.clone(), true).await;
+    for n in 0..10 {
+        source
+            .publisher()
+            .publish("jobs", &json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    eventually(
+        "the hung worker takes a job",
+        Duration::from_secs(10),
+        || !log.lock().unwrap().is_empty(),
+    )
+    .await;
+    let mut workers = vec![hung];
+    for name in ["a", "b"] {
+        workers.push(once_worker(broker.clone(), name, log.clone(), false).await);
+    }
+    for n in 10..300 {
+        source
+            .publisher()
+            .publish("jobs", &json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    let ran = |log: &[(String, u64)]| {
+        let mut seen: Vec<u64> = log
+            .iter()
+            .filter(|(w, _)| w != "hung")
+            .map(|(_, n)| *n)
+            .collect();
+        seen.sort_unstable();
+        seen
+    };
+    eventually("every job run", Duration::from_secs(20), || {
+        let mut seen = ran(&log.lock().unwrap());
+        seen.dedup();
+        seen.len() == 300
+    })
+    .await;
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        ran(&log),
+        (0..300).collect::<Vec<_>>(),
+        "each job exactly once on the live workers ({what})"
+    );
+    let claimed: u64 = workers.iter().map(|w| w.stats().once_claimed).sum();
+    assert!(
+        claimed >= 1,
+        "the hung worker's jobs were taken over ({what}): {claimed}"
+    );
+}
+
+#[tokio::test]
+async fn run_once_handlers_run_each_message_on_one_worker_and_take_over_a_hung_one() {
+    each_message_runs_once(MemoryBroker::new(), "memory").await;
+    let redis = TestRedis::start().await.unwrap();
+    each_message_runs_once(redis.broker(&namespace("once")).unwrap(), "redis").await;
+}

@@ -166,6 +166,7 @@ fn registration(args: &Args, function: &ItemFn) -> TokenStream {
     let priority = priority_tokens(args.priority);
     let timeout = timeout_field(args.timeout);
     let durable = args.durable;
+    let once = args.once;
     let (layer_fns, layers) = layers(&runtime, &args.layers);
     let static_ident = format_ident!("__SWITCHBOARD_{}", unraw.to_uppercase());
     let attributes = block_attributes();
@@ -196,6 +197,7 @@ fn registration(args: &Args, function: &ItemFn) -> TokenStream {
                     timeout: #timeout,
                     layers: #layers,
                     durable: #durable,
+                    once: #once,
                 }
             }
         };

@@ -44,6 +44,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(layer);
     syn::custom_keyword!(durable);
+    syn::custom_keyword!(once);
 }
 
 /// Every key the attribute accepts, in the order the error messages list them.
@@ -55,6 +56,7 @@ pub(crate) const KEYS: &[&str] = &[
     "timeout",
     "layer",
     "durable",
+    "once",
     "name",
     "description",
     "crate",
@@ -85,6 +87,8 @@ pub(crate) struct Args {
     pub(crate) layers: Vec<Expr>,
     /// `durable`: the handler's channels are durable.
     pub(crate) durable: bool,
+    /// `once`: the handler runs on one worker per message.
+    pub(crate) once: bool,
     pub(crate) name: Option<LitStr>,
     pub(crate) description: Option<LitStr>,
     /// The path to the `switchboard` crate, when overridden.
@@ -102,6 +106,7 @@ struct Slots {
     timeout: Slot<kw::timeout, u64>,
     layers: Slot<kw::layer, Vec<Expr>>,
     durable: Option<kw::durable>,
+    once: Option<kw::once>,
     name: Slot<kw::name, LitStr>,
     description: Slot<kw::description, LitStr>,
     krate: Slot<Token![crate], Path>,
@@ -139,22 +144,18 @@ impl Parse for Args {
                 assign(input, &mut slots.layers, &mut errors, layers)?;
             } else if lookahead.peek(kw::durable) {
                 let key: kw::durable = input.parse()?;
-                if input.peek(Token![=]) {
-                    input.parse::<Token![=]>()?;
-                    let value: Expr = input.parse()?;
-                    errors.push(Error::new_spanned(
-                        value,
-                        "`durable` is a flag and takes no value: write `durable`; \
-                         the builder's `.durable(channel, Retention::new()...)` sets how much \
-                         history is kept",
-                    ));
-                } else if slots.durable.is_some() {
-                    errors.push(Error::new(
-                        key.span,
-                        "`durable` given more than once: keep only one",
-                    ));
-                }
+                flag(
+                    input,
+                    "durable",
+                    key.span,
+                    slots.durable.is_some(),
+                    &mut errors,
+                )?;
                 slots.durable.get_or_insert(key);
+            } else if lookahead.peek(kw::once) {
+                let key: kw::once = input.parse()?;
+                flag(input, "once", key.span, slots.once.is_some(), &mut errors)?;
+                slots.once.get_or_insert(key);
             } else if lookahead.peek(kw::name) {
                 assign(input, &mut slots.name, &mut errors, name)?;
             } else if lookahead.peek(kw::description) {
@@ -196,7 +197,10 @@ impl Parse for Args {
         all.extend(value(slots.matchers).into_iter().flatten());
         check_duplicates(&all, &mut errors);
         if let Some(key) = &slots.durable {
-            check_durable(key, &all, &mut errors);
+            check_durable(key.span, "durable", &all, &mut errors);
+        }
+        if let Some(key) = &slots.once {
+            check_once(key.span, &all, &mut errors);
         }
 
         Ok(Args {
@@ -205,6 +209,7 @@ impl Parse for Args {
             timeout: value(slots.timeout),
             layers: value(slots.layers).unwrap_or_default(),
             durable: slots.durable.is_some(),
+            once: slots.once.is_some(),
             name: value(slots.name),
             description: value(slots.description),
             krate: value(slots.krate),
@@ -213,26 +218,81 @@ impl Parse for Args {
     }
 }
 
+/// A flag key (`durable`, `once`): no value, given once.
+fn flag(
+    input: ParseStream<'_>,
+    name: &str,
+    span: Span,
+    repeated: bool,
+    errors: &mut Errors,
+) -> syn::Result<()> {
+    if input.peek(Token![=]) {
+        input.parse::<Token![=]>()?;
+        let value: Expr = input.parse()?;
+        let how = if name == "durable" {
+            "the builder's `.durable(channel, Retention::new()...)` sets how much history is kept"
+        } else {
+            "the builder's `.once_claim_idle(...)` sets when a dead worker's messages are taken over"
+        };
+        errors.push(Error::new_spanned(
+            value,
+            format!("`{name}` is a flag and takes no value: write `{name}`; {how}"),
+        ));
+    } else if repeated {
+        errors.push(Error::new(
+            span,
+            format!("`{name}` given more than once: keep only one"),
+        ));
+    }
+    Ok(())
+}
+
 /// A durable handler needs a channel to keep a stream for: `"*"` would make every channel durable,
 /// and a predicate names none.
-fn check_durable(key: &kw::durable, matchers: &[Matcher], errors: &mut Errors) {
+fn check_durable(span: Span, name: &str, matchers: &[Matcher], errors: &mut Errors) {
     let every = matchers
         .iter()
         .any(|m| matches!(m, Matcher::Channel(c) if c.value() == "*"));
     let named = matchers.iter().any(|m| !matches!(m, Matcher::Predicate(_)));
     if every {
         errors.push(Error::new(
-            key.span,
-            "a `durable` subscriber cannot listen on `\"*\"`: that would keep a stream for \
-             every channel; name its channels, a `pattern(\"...\")` or a `regex(\"...\")`",
+            span,
+            format!(
+                "a `{name}` subscriber cannot listen on `\"*\"`: that would keep a stream for \
+                 every channel; name its channels, a `pattern(\"...\")` or a `regex(\"...\")`"
+            ),
         ));
     } else if !named {
         errors.push(Error::new(
-            key.span,
-            "a `durable` subscriber needs a channel, a `pattern(\"...\")` or a `regex(\"...\")` \
-             whose messages are kept: a predicate alone names none",
+            span,
+            format!(
+                "a `{name}` subscriber needs a channel, a `pattern(\"...\")` or a \
+                 `regex(\"...\")` whose messages are kept: a predicate alone names none"
+            ),
         ));
     }
+}
+
+/// A run-once handler reads its channels' streams in a consumer group: it needs exact channels
+/// (a pattern's or a regex's channels are not known in advance).
+fn check_once(span: Span, matchers: &[Matcher], errors: &mut Errors) {
+    let not_exact = matchers.iter().find_map(|m| match m {
+        Matcher::Regex(_) => Some("a regex"),
+        Matcher::Pattern(_) => Some("a pattern"),
+        Matcher::Channel(c) if c.value() == "*" => Some("`\"*\"`"),
+        _ => None,
+    });
+    if let Some(what) = not_exact {
+        errors.push(Error::new(
+            span,
+            format!(
+                "a `once` subscriber reads each of its channels' streams in a consumer group, so it \
+                 needs exact channels, not {what}: list them in `channels = [\"...\"]`"
+            ),
+        ));
+        return;
+    }
+    check_durable(span, "once", matchers, errors);
 }
 
 fn channel_and_channels(span: Span) -> Error {
@@ -420,6 +480,13 @@ mod tests {
             (quote!(channel = "*", durable), "every channel"),
             (quote!(match = is_urgent, durable), "a predicate alone"),
             (quote!(channel = "a", durabel), "did you mean `durable`"),
+            (
+                quote!(channel = "*", once),
+                "needs exact channels, not `\"*\"`",
+            ),
+            (quote!(match = regex("^a"), once), "not a regex"),
+            (quote!(channel = "a", once = 1), "`once` is a flag"),
+            (quote!(match = is_urgent, once), "a predicate alone"),
         ];
         for (tokens, expected) in cases {
             let errors = errors_of(tokens.clone());

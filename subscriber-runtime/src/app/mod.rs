@@ -44,6 +44,7 @@ pub struct Builder {
     observers: Vec<Observer>,
     plugins: Plugins,
     durable: Vec<(Matcher, Retention)>,
+    once_claim_idle: Duration,
 }
 
 impl fmt::Debug for Builder {
@@ -77,6 +78,7 @@ impl Default for Builder {
             observers: Vec::new(),
             plugins: linked_plugins(),
             durable: Vec::new(),
+            once_claim_idle: Duration::from_secs(60),
         }
     }
 }
@@ -346,6 +348,26 @@ impl Builder {
         self
     }
 
+    /// How long a message taken by a run-once handler's worker may stay unacknowledged before
+    /// another worker takes it over (default 60 s): the time after which a worker that died (or
+    /// hangs) mid-message is given up on. Keep it above the handlers' timeout, or a slow run
+    /// is taken over while it still runs (and the message handled twice). See
+    /// [`Subscriber::once`](crate::Subscriber::once).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::Switchboard;
+    ///
+    /// let builder = Switchboard::builder()
+    ///     .handler_timeout(Duration::from_secs(5))
+    ///     .once_claim_idle(Duration::from_secs(10));
+    /// # let _ = builder;
+    /// ```
+    pub fn once_claim_idle(mut self, idle: Duration) -> Self {
+        self.once_claim_idle = idle.max(Duration::from_millis(1));
+        self
+    }
+
     /// Also subscribes to these channels, so that predicate and `"*"` handlers see them even when
     /// no handler names them.
     pub fn listen<I, S>(mut self, channels: I) -> Self
@@ -437,7 +459,7 @@ impl Builder {
         // the router's exact map).
         let named: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
         let mut patterns: Vec<&str> = Vec::new();
-        for e in &entries {
+        for e in entries.iter().filter(|e| !e.once) {
             for m in &e.matchers {
                 match m {
                     Compiled::Any => patterns.push(subscriber_patterns::ANY_CHANNEL),
@@ -492,6 +514,17 @@ impl Builder {
             );
         }
         publisher.durable().set(rules);
+        if let Some(e) = entries.iter().find(|e| e.once) {
+            let timeout = e.timeout.unwrap_or(self.handler_timeout);
+            if self.once_claim_idle <= timeout {
+                tracing::warn!(
+                    handler = %e.info.name,
+                    claim_idle = ?self.once_claim_idle,
+                    timeout = ?timeout,
+                    "once_claim_idle is not above the run-once handler's timeout: a slow run may be taken over by another worker while it still runs"
+                );
+            }
+        }
 
         let in_flight = Arc::new(InFlight::default());
         let shared = Arc::new(Resources {
@@ -532,6 +565,7 @@ impl Builder {
             queue_capacity: self.queue_capacity,
             shutdown_grace: self.shutdown_grace,
             plugins: self.plugins,
+            once_claim_idle: self.once_claim_idle,
         })
     }
 }
@@ -574,7 +608,31 @@ fn durable_rules(
         };
         rules.push((rule, retention));
     }
-    for entry in entries.iter().filter(|e| e.durable) {
+    for entry in entries.iter().filter(|e| e.durable || e.once) {
+        if entry.once {
+            let mut named = false;
+            for matcher in &entry.matchers {
+                match matcher {
+                    Compiled::Channel(c) if &**c != subscriber_patterns::ANY_CHANNEL => {
+                        named = true;
+                    }
+                    Compiled::Predicate(_) => {}
+                    _ => {
+                        return Err(invalid(
+                            format!(
+                                "handler `{}` ({}), which runs once,",
+                                entry.info.name,
+                                entry.info.location()
+                            ),
+                            "a run-once handler reads each of its channels' streams in a consumer group: give it exact channels (not `\"*\"`, a pattern or a regex)",
+                        ))
+                    }
+                }
+            }
+            if !named {
+                return Err(invalid(entry.info.name.to_string(), PREDICATE));
+            }
+        }
         let what = format!("handler `{}` ({})", entry.info.name, entry.info.location());
         let mut named = false;
         for matcher in &entry.matchers {

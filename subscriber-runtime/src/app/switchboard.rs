@@ -52,6 +52,7 @@ pub struct Switchboard {
     pub(super) queue_capacity: usize,
     pub(super) shutdown_grace: Duration,
     pub(super) plugins: Plugins,
+    pub(super) once_claim_idle: Duration,
 }
 
 impl fmt::Debug for Switchboard {
@@ -155,6 +156,34 @@ impl Switchboard {
         }
         // What was published between the baselines and the subscription.
         resync.notify_one();
+        // Run-once handlers: a consumer per handler and channel, in the handler's group.
+        for (index, channel) in self.dispatcher.once_channels() {
+            let handler = &self.dispatcher.entries[index as usize].info.name;
+            let group = crate::dispatch::group_name(handler);
+            let consumer = match self
+                .broker
+                .group_consumer(&channel, &group, &self.worker_id)
+            {
+                Ok(mut consumer) => match consumer.prepare().await {
+                    Ok(()) => consumer,
+                    Err(e) => {
+                        shutdown.cancel();
+                        return Err(e.into());
+                    }
+                },
+                Err(e) => {
+                    shutdown.cancel();
+                    return Err(e.into());
+                }
+            };
+            self.dispatcher.spawn_once(
+                index,
+                channel,
+                consumer,
+                self.once_claim_idle,
+                shutdown.child_token(),
+            );
+        }
         for plugin in &mut self.plugins.0 {
             plugin.start(&self.shared, shutdown.child_token());
         }

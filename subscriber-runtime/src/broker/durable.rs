@@ -101,10 +101,85 @@ pub struct StreamRead {
     pub last: u64,
 }
 
+/// One entry a [`GroupConsumer`] read or claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    /// Its position in the channel's stream.
+    pub position: Position,
+    /// The payload, as published.
+    pub payload: Bytes,
+    /// Whether it was claimed from another consumer that had it for too long without
+    /// acknowledging it (that consumer may have handled it before it died or stalled).
+    pub claimed: bool,
+}
+
+/// A consumer of one durable channel's stream within a consumer group: each entry goes to one
+/// consumer of the group, which acknowledges it once handled; the entries a consumer kept too long
+/// without acknowledging (it died) can be claimed by another. What run-once handlers read with
+/// (see [`Builder::once_claim_idle`](crate::Builder::once_claim_idle)).
+///
+/// On Redis, `XREADGROUP`, `XACK` and `XAUTOCLAIM` on a connection of the consumer's own, so that
+/// a blocking read never holds up a publish.
+pub trait GroupConsumer: Send + fmt::Debug {
+    /// Makes sure the group exists (created at the stream's end when it does not), so that
+    /// every message published from now on reaches the group. Called once, at start.
+    fn prepare(&mut self) -> futures_util::future::BoxFuture<'_, Result<(), crate::BrokerError>>;
+
+    /// Reads up to `count` new entries, waiting up to `block` for one. The group is created when
+    /// it does not exist (at the stream's end the first time, at its start when the stream was
+    /// lost since).
+    fn read(
+        &mut self,
+        count: usize,
+        block: Duration,
+    ) -> futures_util::future::BoxFuture<'_, Result<Vec<GroupEntry>, crate::BrokerError>>;
+
+    /// Acknowledges handled entries by offset.
+    fn ack(
+        &mut self,
+        offsets: Vec<u64>,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), crate::BrokerError>>;
+
+    /// Claims up to `count` entries that other consumers of the group have held for at least
+    /// `min_idle` without acknowledging them.
+    fn claim(
+        &mut self,
+        min_idle: Duration,
+        count: usize,
+    ) -> futures_util::future::BoxFuture<'_, Result<Vec<GroupEntry>, crate::BrokerError>>;
+}
+
 /// A new random epoch: 16 hex digits.
 pub(crate) fn new_epoch() -> Arc<str> {
     let id = uuid::Uuid::new_v4().as_u64_pair().0;
     Arc::from(format!("{id:016x}"))
+}
+
+/// Epoch candidates for a publisher, cheap to make: a random prefix and a counter (16 hex
+/// digits), so that no two are equal, whoever makes them.
+#[derive(Debug)]
+pub(crate) struct Epochs {
+    prefix: u32,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl Default for Epochs {
+    fn default() -> Self {
+        let random = uuid::Uuid::new_v4().as_u64_pair();
+        Self {
+            // Truncations of random bits.
+            prefix: random.0 as u32,
+            next: std::sync::atomic::AtomicU32::new(random.1 as u32),
+        }
+    }
+}
+
+impl Epochs {
+    /// The next candidate.
+    pub(crate) fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:08x}{n:08x}", self.prefix)
+    }
 }
 
 /// The live form of a durable message (a test of the parser below), as Redis's script publishes it: the position first, then

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::durable::{new_epoch, Position, Retention, StreamRead};
+use super::durable::{new_epoch, GroupConsumer, GroupEntry, Position, Retention, StreamRead};
 use super::presence::{Feed, GroupMember, MemoryPresence, PresenceChange, PresenceTable};
 use super::{Broker, Inbox, PresenceStore, Subscriptions};
 use crate::error::BrokerError;
@@ -39,6 +39,8 @@ pub struct MemoryBroker {
     bus: Arc<RwLock<Vec<Subscriber>>>,
     presence: Arc<MemoryPresence>,
     streams: Arc<Mutex<HashMap<String, MemoryStream>>>,
+    /// Woken by every durable publish (for consumer groups' blocking reads).
+    appended: Arc<tokio::sync::Notify>,
 }
 
 /// A durable channel's history in memory.
@@ -48,6 +50,15 @@ struct MemoryStream {
     entries: VecDeque<(u64, Bytes)>,
     last: u64,
     expires: Instant,
+    groups: HashMap<String, MemoryGroup>,
+}
+
+/// A consumer group in memory: the last offset delivered, and the entries delivered but not
+/// acknowledged (offset → consumer, since when).
+#[derive(Debug, Default)]
+struct MemoryGroup {
+    delivered: u64,
+    pending: std::collections::BTreeMap<u64, (String, Instant)>,
 }
 
 #[derive(Debug)]
@@ -126,6 +137,7 @@ impl Broker for MemoryBroker {
                 entries: VecDeque::new(),
                 last: 0,
                 expires: now,
+                groups: HashMap::new(),
             });
         stream.last += 1;
         stream.expires = now + retention.max_age();
@@ -149,7 +161,22 @@ impl Broker for MemoryBroker {
             s.inbox
                 .deliver_at(channel, payload.clone(), Some(position.clone()));
         }
+        self.appended.notify_waiters();
         Box::pin(std::future::ready(Ok(position)))
+    }
+
+    fn group_consumer(
+        &self,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn GroupConsumer>, BrokerError> {
+        Ok(Box::new(MemoryConsumer {
+            broker: self.clone(),
+            channel: channel.to_owned(),
+            group: group.to_owned(),
+            consumer: consumer.to_owned(),
+        }))
     }
 
     fn read_stream(
@@ -182,6 +209,148 @@ impl Broker for MemoryBroker {
 
     fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
         Some(Arc::new(self.clone()))
+    }
+}
+
+/// A consumer of a consumer group in memory.
+#[derive(Debug)]
+struct MemoryConsumer {
+    broker: MemoryBroker,
+    channel: String,
+    group: String,
+    consumer: String,
+}
+
+impl MemoryConsumer {
+    /// Runs `f` on the group (created at the stream's end; the stream is created empty when it
+    /// does not exist yet).
+    fn with_group<T>(&self, f: impl FnOnce(&mut MemoryStream, &mut MemoryGroup) -> T) -> T {
+        let now = Instant::now();
+        let mut streams = self
+            .broker
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if streams.get(&self.channel).is_some_and(|s| s.expires <= now) {
+            streams.remove(&self.channel);
+        }
+        let stream = streams
+            .entry(self.channel.clone())
+            .or_insert_with(|| MemoryStream {
+                epoch: new_epoch(),
+                entries: VecDeque::new(),
+                last: 0,
+                expires: now + Duration::from_secs(24 * 3600),
+                groups: HashMap::new(),
+            });
+        let mut group = stream
+            .groups
+            .remove(&self.group)
+            .unwrap_or_else(|| MemoryGroup {
+                delivered: stream.last,
+                pending: std::collections::BTreeMap::new(),
+            });
+        let out = f(stream, &mut group);
+        stream.groups.insert(self.group.clone(), group);
+        out
+    }
+
+    fn entry(stream: &MemoryStream, offset: u64, claimed: bool) -> Option<GroupEntry> {
+        let first = stream.entries.front()?.0;
+        let (_, payload) = stream
+            .entries
+            .get(usize::try_from(offset.checked_sub(first)?).ok()?)?;
+        Some(GroupEntry {
+            position: Position {
+                epoch: stream.epoch.clone(),
+                offset,
+            },
+            payload: payload.clone(),
+            claimed,
+        })
+    }
+}
+
+impl GroupConsumer for MemoryConsumer {
+    fn prepare(&mut self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.with_group(|_, _| ());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn read(
+        &mut self,
+        count: usize,
+        block: Duration,
+    ) -> BoxFuture<'_, Result<Vec<GroupEntry>, BrokerError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + block;
+            loop {
+                let appended = self.broker.appended.clone();
+                let notified = appended.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let read = self.with_group(|stream, group| {
+                    let mut out = Vec::new();
+                    while out.len() < count.max(1) && group.delivered < stream.last {
+                        group.delivered += 1;
+                        if let Some(entry) = Self::entry(stream, group.delivered, false) {
+                            group
+                                .pending
+                                .insert(group.delivered, (self.consumer.clone(), Instant::now()));
+                            out.push(entry);
+                        }
+                    }
+                    out
+                });
+                if !read.is_empty() {
+                    return Ok(read);
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return Ok(Vec::new());
+                }
+            }
+        })
+    }
+
+    fn ack(&mut self, offsets: Vec<u64>) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.with_group(|_, group| {
+            for offset in offsets {
+                group.pending.remove(&offset);
+            }
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn claim(
+        &mut self,
+        min_idle: Duration,
+        count: usize,
+    ) -> BoxFuture<'_, Result<Vec<GroupEntry>, BrokerError>> {
+        let now = Instant::now();
+        let claimed = self.with_group(|stream, group| {
+            let idle: Vec<u64> = group
+                .pending
+                .iter()
+                .filter(|(_, (_, since))| now.duration_since(*since) >= min_idle)
+                .map(|(offset, _)| *offset)
+                .take(count.max(1))
+                .collect();
+            let mut out = Vec::new();
+            for offset in idle {
+                match Self::entry(stream, offset, true) {
+                    Some(entry) => {
+                        group.pending.insert(offset, (self.consumer.clone(), now));
+                        out.push(entry);
+                    }
+                    // Trimmed since: nothing to hand over.
+                    None => {
+                        group.pending.remove(&offset);
+                    }
+                }
+            }
+            out
+        });
+        Box::pin(std::future::ready(Ok(claimed)))
     }
 }
 

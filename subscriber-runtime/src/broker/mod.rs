@@ -25,7 +25,7 @@ mod memory;
 pub mod presence;
 mod redis;
 
-pub use self::durable::{Position, Retention, StreamRead};
+pub use self::durable::{GroupConsumer, GroupEntry, Position, Retention, StreamRead};
 pub use self::presence::PresenceStore;
 pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
@@ -86,6 +86,24 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'_, Result<StreamRead, BrokerError>> {
         let _ = (channel, after, limit);
         Box::pin(std::future::ready(Ok(StreamRead::default())))
+    }
+
+    /// A consumer named `consumer` in the consumer group `group` of the durable `channel`'s
+    /// stream, for run-once handlers. The default refuses: a broker without streams has none.
+    ///
+    /// # Errors
+    /// [`BrokerError::Config`] when the broker has no consumer groups.
+    fn group_consumer(
+        &self,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn GroupConsumer>, BrokerError> {
+        let _ = (group, consumer);
+        Err(BrokerError::Config(format!(
+            "the {} broker has no consumer groups, so handlers of `{channel}` cannot run once",
+            self.kind()
+        )))
     }
 }
 

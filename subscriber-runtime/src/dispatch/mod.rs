@@ -10,8 +10,10 @@
 //! INFO level, so whatever a handler logs carries them.
 
 mod durable;
+mod once;
 pub(crate) mod registry;
 pub(crate) use durable::Cursor;
+pub(crate) use once::group_name;
 pub(crate) mod routing;
 
 use std::collections::{HashMap, VecDeque};

@@ -151,6 +151,9 @@ pub(crate) struct Entry {
     pub(crate) internal: bool,
     /// Its channels are durable (the attribute's `durable`, `Subscriber::durable`).
     pub(crate) durable: bool,
+    /// It runs on one worker per message, reading its channels' streams in a consumer group (the
+    /// attribute's `once`, `Subscriber::once`): not routed from the broker's live messages.
+    pub(crate) once: bool,
 }
 
 impl Entry {
@@ -190,6 +193,7 @@ struct Candidate {
     layers: Vec<HandlerLayer>,
     requirements: Requirements,
     durable: bool,
+    once: bool,
 }
 
 fn from_registration(r: &'static Registration) -> Candidate {
@@ -221,6 +225,7 @@ fn from_registration(r: &'static Registration) -> Candidate {
         layers: r.layers.iter().map(|layer| layer()).collect(),
         requirements,
         durable: r.durable,
+        once: r.once,
     }
 }
 
@@ -246,6 +251,7 @@ fn from_inline(s: InlineSubscriber, index: usize) -> Result<Candidate, BuildErro
         layers: s.spec.layers,
         requirements: s.requirements,
         durable: s.spec.durable,
+        once: s.spec.once,
     })
 }
 
@@ -367,6 +373,7 @@ pub(crate) fn build(
             metrics: std::sync::OnceLock::new(),
             internal: false,
             durable: c.durable,
+            once: c.once,
         };
         // The application's layers, then the group layers that pick it, then its own.
         if !options.layers.is_empty() || !c.layers.is_empty() {
@@ -413,6 +420,7 @@ pub(crate) fn build_internal(subscribers: Vec<InlineSubscriber>) -> Result<Vec<E
             metrics: std::sync::OnceLock::new(),
             internal: true,
             durable: false,
+            once: false,
         });
     }
     Ok(entries)

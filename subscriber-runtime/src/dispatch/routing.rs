@@ -125,6 +125,10 @@ impl Router {
         let mut predicated = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let i = u32::try_from(i).expect("fewer than 2^32 handlers");
+            // A run-once handler reads its stream in a consumer group, not live messages.
+            if e.once {
+                continue;
+            }
             for m in &e.matchers {
                 match m {
                     Compiled::Any => wildcard.push(i),

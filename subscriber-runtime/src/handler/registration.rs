@@ -36,6 +36,8 @@ pub struct Registration {
     pub layers: &'static [fn() -> crate::handler::layer::HandlerLayer],
     /// The `durable` key: the handler's channels are durable.
     pub durable: bool,
+    /// The `once` key: the handler runs on one worker per message (its channels are durable).
+    pub once: bool,
 }
 
 impl fmt::Debug for Registration {

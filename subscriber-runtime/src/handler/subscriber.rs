@@ -37,6 +37,7 @@ pub struct Subscriber {
     pub(crate) timeout: Option<Duration>,
     pub(crate) layers: Vec<HandlerLayer>,
     pub(crate) durable: bool,
+    pub(crate) once: bool,
 }
 
 impl fmt::Debug for Subscriber {
@@ -73,6 +74,7 @@ impl Subscriber {
             timeout: None,
             layers: Vec::new(),
             durable: false,
+            once: false,
         }
     }
 
@@ -117,6 +119,16 @@ impl Subscriber {
     /// with predicates only.
     pub fn durable(mut self) -> Self {
         self.durable = true;
+        self
+    }
+
+    /// Runs this handler on **one** worker per message (the attribute's `once` key): its
+    /// channels (exact channels only) are durable, and every worker reads their streams in one
+    /// consumer group per handler, so each message goes to one of them; a message a worker took
+    /// and did not finish (it died) is taken over by another after
+    /// [`once_claim_idle`](crate::Builder::once_claim_idle). See the README, "Run-once handlers".
+    pub fn once(mut self) -> Self {
+        self.once = true;
         self
     }
 

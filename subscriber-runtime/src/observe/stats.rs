@@ -68,6 +68,9 @@ counters! {
     /// Messages of durable channels lost to this worker: no longer in their stream (trimmed by
     /// its retention, or expired) when the worker came to read them.
     durable_lost,
+    /// Messages of run-once handlers this worker took over from another that held them too long
+    /// without acknowledging them (it died or hung; they may have run there too).
+    once_claimed,
 }
 
 impl Counters {

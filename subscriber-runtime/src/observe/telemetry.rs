@@ -36,6 +36,8 @@ pub(crate) const BROKER_RECONNECTS: &str = "switchboard_broker_reconnects_total"
 pub(crate) const DURABLE_RECOVERED: &str = "switchboard_durable_recovered_total";
 /// Messages of durable channels lost to a worker: no longer in their stream.
 pub(crate) const DURABLE_LOST: &str = "switchboard_durable_lost_total";
+/// Run-once messages taken over from a worker that held them too long.
+pub(crate) const ONCE_CLAIMED: &str = "switchboard_once_claimed_total";
 
 /// The label value of a channel that is neither named by the application nor routed by a
 /// pattern, a regex or `"*"`.
@@ -60,6 +62,7 @@ pub(crate) struct Metrics {
     pub(crate) late_results: Counter,
     pub(crate) durable_recovered: Counter,
     pub(crate) durable_lost: Counter,
+    pub(crate) once_claimed: Counter,
 }
 
 impl Default for Metrics {
@@ -74,6 +77,7 @@ impl Default for Metrics {
             late_results: Counter::noop(),
             durable_recovered: Counter::noop(),
             durable_lost: Counter::noop(),
+            once_claimed: Counter::noop(),
         }
     }
 }
@@ -92,6 +96,7 @@ impl Metrics {
             late_results: metrics::counter!(LATE_RESULTS),
             durable_recovered: metrics::counter!(DURABLE_RECOVERED),
             durable_lost: metrics::counter!(DURABLE_LOST),
+            once_claimed: metrics::counter!(ONCE_CLAIMED),
         }
     }
 }
@@ -198,6 +203,10 @@ fn describe() {
     describe_counter!(
         DURABLE_RECOVERED,
         "Messages of durable channels read from their streams after a gap or a reconnect"
+    );
+    describe_counter!(
+        ONCE_CLAIMED,
+        "Run-once messages taken over from a worker that held them too long without acknowledging them"
     );
     describe_counter!(
         DURABLE_LOST,

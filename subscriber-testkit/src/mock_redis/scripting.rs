@@ -1,9 +1,9 @@
 //! Scripts, emulated natively: `EVAL`, `EVALSHA` and `SCRIPT LOAD|EXISTS|FLUSH|KILL`.
 //!
 //! The mock has no Lua interpreter. A script is recognised by its first line, a tag naming the
-//! script and its version (e.g. `-- switchboard:durable-publish:1`), and [`SCRIPTS`] maps each tag
-//! to a Rust function doing what the Lua does, through [`ScriptRun::call`] and
-//! [`ScriptRun::pcall`], the `redis.call` and `redis.pcall` of the emulation: same commands, in the
+//! script and its version (e.g. `-- switchboard:durable-publish:2`), and [`SCRIPTS`] maps each tag
+//! to a Rust function doing what the Lua does, through [`ScriptRun::call`], the `redis.call` of
+//! the emulation (and [`ScriptRun::lua_error`] for a Lua runtime error): same commands, in the
 //! same order, so that the keys, the replies, the published messages and the errors are those of
 //! the real script. Any other script is refused (`ERR mock redis: unsupported script ...`), by
 //! `EVAL` and by `SCRIPT LOAD` alike, and never enters the script cache (so `EVALSHA` answers
@@ -205,17 +205,30 @@ impl ScriptRun<'_> {
     /// `redis.call(...)` on line `line` of the script: the reply, or the error that ends the
     /// script, as Redis words it (`<error> script: <sha>, on @user_script:<line>.`).
     pub(super) fn call(&mut self, line: u32, args: &[Arg<'_>]) -> Result<BytesFrame, BytesFrame> {
-        match self.pcall(args) {
-            BytesFrame::Error(message) => Err(error(format!(
-                "{} script: {}, on @user_script:{line}.",
-                &*message, self.sha
-            ))),
+        match self.command(args) {
+            BytesFrame::Error(message) => Err(self.script_error(line, &message)),
             reply => Ok(reply),
         }
     }
 
-    /// `redis.pcall(...)`: the reply, an error reply included.
-    pub(super) fn pcall(&mut self, args: &[Arg<'_>]) -> BytesFrame {
+    /// The error of a Lua runtime error (e.g. `attempt to concatenate field '?' (a nil value)`)
+    /// on line `line`, as Redis words it:
+    /// `ERR user_script:<line>: <what> script: <sha>, on @user_script:<line>.`.
+    pub(super) fn lua_error(&self, line: u32, what: &str) -> BytesFrame {
+        self.script_error(line, &format!("ERR user_script:{line}: {what}"))
+    }
+
+    /// `message`, an error raised on line `line`, as the script's reply.
+    fn script_error(&self, line: u32, message: &str) -> BytesFrame {
+        error(format!(
+            "{message} script: {}, on @user_script:{line}.",
+            self.sha
+        ))
+    }
+
+    /// Runs one command for the script: the reply, an error reply included (what `redis.pcall`
+    /// would return).
+    fn command(&mut self, args: &[Arg<'_>]) -> BytesFrame {
         let Some(args) = args
             .iter()
             .map(|arg| arg.map(Bytes::copy_from_slice))

@@ -801,18 +801,20 @@ async fn a_blocked_xread_is_woken_by_an_xadd_in_a_script_and_by_a_deletion() {
         "durable",
         "meta",
         "chan",
-        "{\"a\":1}",
+        ",\"a\":1}",
         "100",
         "60000",
         "E",
-        "1700000000000",
     ];
     q::<()>(&mut c, &args).await;
     assert_eq!(
         next(&mut reader).await,
         read_reply(
             "durable",
-            vec![entry("1-0", &["p", "{\"a\":1}", "t", "1700000000000"])]
+            vec![entry(
+                "1-0",
+                &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":1,\"a\":1}"]
+            )]
         )
     );
     // A group reader blocked on a stream deleted, or on a group destroyed, gets Redis's error.
@@ -937,17 +939,7 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
         let mut c = publisher.clone();
         async move {
             let args = [
-                "EVALSHA",
-                &sha,
-                "2",
-                "stream",
-                "meta",
-                "chan",
-                payload,
-                "100",
-                "60000",
-                "E1",
-                "1700000000000",
+                "EVALSHA", &sha, "2", "stream", "meta", "chan", payload, "100", "60000", "E1",
             ];
             redis::cmd(args[0])
                 .arg(&args[1..])
@@ -956,7 +948,7 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
         }
     };
     // What `redis::Script::invoke_async` does: EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA.
-    let e = publish("{\"a\":1}", sha.clone()).await.unwrap_err();
+    let e = publish(",\"a\":1}", sha.clone()).await.unwrap_err();
     assert_eq!(
         super::tests_data::message(&e),
         "NOSCRIPT No matching script. Please use EVAL."
@@ -973,48 +965,37 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
         .await,
         [1, 1, 0]
     );
-    assert_eq!(
-        publish("{\"a\":1}", sha.clone()).await.unwrap(),
-        Value::Array(vec![b("E1"), Value::Int(1)])
-    );
-    assert_eq!(
-        publish("{ }", sha.clone()).await.unwrap(),
-        Value::Array(vec![b("E1"), Value::Int(2)])
-    );
-    let payloads: Vec<Vec<u8>> = vec![
-        messages.next().await.unwrap().get_payload_bytes().to_vec(),
-        messages.next().await.unwrap().get_payload_bytes().to_vec(),
+    // `{"a":1}`, then `{}`, then `{"b":"x y"}`: the payload after its `{`, `,` first unless empty.
+    for (payload, offset) in [(",\"a\":1}", 1), ("}", 2), (",\"b\":\"x y\"}", 3)] {
+        assert_eq!(
+            publish(payload, sha.clone()).await.unwrap(),
+            Value::Array(vec![b("E1"), Value::Int(offset)])
+        );
+    }
+    let expected = [
+        "{\"streamEpoch\":\"E1\",\"streamOffset\":1,\"a\":1}",
+        "{\"streamEpoch\":\"E1\",\"streamOffset\":2}",
+        "{\"streamEpoch\":\"E1\",\"streamOffset\":3,\"b\":\"x y\"}",
     ];
-    assert_eq!(
-        payloads,
-        [
-            b"{\"streamEpoch\":\"E1\",\"streamOffset\":1,\"a\":1}".to_vec(),
-            b"{\"streamEpoch\":\"E1\",\"streamOffset\":2 }".to_vec(),
-        ]
-    );
-    // The stream and the meta hash, with their TTL.
+    for message in expected {
+        assert_eq!(
+            messages.next().await.unwrap().get_payload_bytes(),
+            message.as_bytes()
+        );
+    }
+    // The stream (one field `m`: the message as published) and the meta hash, with their TTL.
     let entries: Vec<(String, Vec<String>)> = q(&mut c, &["XRANGE", "stream", "-", "+"]).await;
     assert_eq!(
         entries,
-        [
-            (
-                "1-0".to_owned(),
-                vec![
-                    "p".into(),
-                    "{\"a\":1}".into(),
-                    "t".into(),
-                    "1700000000000".into()
-                ]
-            ),
-            (
-                "2-0".to_owned(),
-                vec!["p".into(), "{ }".into(), "t".into(), "1700000000000".into()]
-            ),
-        ]
+        expected
+            .iter()
+            .enumerate()
+            .map(|(i, message)| (format!("{}-0", i + 1), vec!["m".into(), (*message).into()]))
+            .collect::<Vec<_>>()
     );
     assert_eq!(
         q::<Value>(&mut c, &["HMGET", "meta", "epoch", "offset"]).await,
-        arr(&["E1", "2"])
+        arr(&["E1", "3"])
     );
     for key in ["stream", "meta"] {
         let ttl = q::<i64>(&mut c, &["PTTL", key]).await;
@@ -1022,8 +1003,8 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
     }
     // After SCRIPT FLUSH, NOSCRIPT again.
     assert_eq!(q::<Value>(&mut c, &["SCRIPT", "FLUSH"]).await, Value::Okay);
-    assert!(publish("{}", sha).await.is_err());
-    assert_eq!(redis.published_count(), 2);
+    assert!(publish("}", sha).await.is_err());
+    assert_eq!(redis.published_count(), 3);
 }
 
 #[tokio::test]
@@ -1037,6 +1018,14 @@ async fn an_unknown_script_is_refused() {
             "LOAD",
             "-- switchboard:durable-publish:99\nreturn 1",
         ],
+        // Version 1 is no longer emulated.
+        &[
+            "EVAL",
+            "-- switchboard:durable-publish:1\nreturn 1",
+            "2",
+            "s",
+            "m",
+        ],
     ] {
         let message = err(&mut c, args).await;
         assert!(
@@ -1044,7 +1033,7 @@ async fn an_unknown_script_is_refused() {
             "{message}"
         );
         assert!(
-            message.contains("-- switchboard:durable-publish:1"),
+            message.ends_with("one of: -- switchboard:durable-publish:2"),
             "{message}"
         );
     }
@@ -1361,27 +1350,25 @@ async fn stream_replies_match_a_real_redis() {
     }
 }
 
-/// One run of the durable-publish script: its keys and arguments.
-fn durable_publish(payload: &str, maxlen: &str, ttl: &str, epoch: &str) -> Vec<String> {
-    [
-        "EVAL",
-        DURABLE_PUBLISH,
-        "2",
-        "stream",
-        "meta",
-        "chan",
-        payload,
-        maxlen,
-        ttl,
-        epoch,
-        "1700000000000",
-    ]
-    .map(str::to_owned)
-    .to_vec()
+/// One run of the durable-publish script with these `KEYS` and `ARGV`.
+fn durable_eval(keys: &[&str], argv: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "EVAL".to_owned(),
+        DURABLE_PUBLISH.to_owned(),
+        keys.len().to_string(),
+    ];
+    args.extend(keys.iter().chain(argv).map(|a| (*a).to_owned()));
+    args
 }
 
-/// The state the script leaves: the stream's entries, the meta hash (sorted), whether each key
-/// exists, and their TTL rounded to seconds.
+/// One run of the durable-publish script on the stream `stream`, the meta hash `meta` and the
+/// channel `chan`: `payload` is the object after its `{` (`,` first unless empty).
+fn durable_publish(payload: &str, maxlen: &str, ttl: &str, epoch: &str) -> Vec<String> {
+    durable_eval(&["stream", "meta"], &["chan", payload, maxlen, ttl, epoch])
+}
+
+/// The state the script leaves: the stream's entries, the meta hash, whether each key exists,
+/// and their TTL rounded to seconds.
 async fn durable_state(conn: &mut Raw) -> Vec<BytesFrame> {
     let mut state = vec![
         call(conn, &["XRANGE", "stream", "-", "+"]).await,
@@ -1408,65 +1395,126 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
     for sub in [&mut real_sub, &mut mock_sub] {
         call(sub, &["SUBSCRIBE", "chan"]).await;
     }
+    let publish = durable_publish;
+    let full = ["stream", "meta"];
     // (setup commands, the script's arguments)
     let steps: Vec<(Vec<&[&str]>, Vec<String>)> = vec![
+        // A first publish (a new epoch; the stream, missing, is deleted), a second, a third.
         (
             vec![&["FLUSHALL"]],
-            durable_publish("{\"a\":1}", "100", "60000", "E1"),
+            publish(",\"a\":1}", "100", "60000", "E1"),
         ),
-        (vec![], durable_publish("{ }", "100", "60000", "E2")),
-        (vec![], durable_publish("{}", "100", "30000", "E2")),
-        (vec![], durable_publish("{\t\n }", "100", "30000", "E2")),
+        (vec![], publish("}", "100", "60000", "E2")),
+        (vec![], publish(",\"b\":[1,{}]}", "100", "30000", "E2")),
+        // The script does not look at the payload.
+        (vec![], publish("", "100", "30000", "E2")),
         (
             vec![],
-            durable_publish("{\"b\":[1,{}]}", "100", "30000", "E2"),
+            publish(" ,\"c\": \"\u{e9}\" }", "100", "30000", "E2"),
         ),
-        (vec![], durable_publish("x", "100", "30000", "E2")),
-        (vec![], durable_publish("", "100", "30000", "E2")),
-        // The meta hash lost, the stream kept: a new epoch, from offset 1.
+        // The meta hash lost, the stream kept: a new epoch from offset 1, the stale stream deleted.
         (
             vec![&["DEL", "meta"]],
-            durable_publish("{\"c\":3}", "100", "45000", "E3"),
+            publish(",\"d\":4}", "100", "45000", "E3"),
         ),
-        (vec![], durable_publish("{\"d\":4}", "100", "45000", "E4")),
+        (vec![], publish(",\"e\":5}", "100", "45000", "E4")),
+        // The `epoch` field lost, `offset` kept: a new epoch, the offsets going on, the stream
+        // deleted.
+        (
+            vec![&["HDEL", "meta", "epoch"]],
+            publish(",\"f\":6}", "100", "45000", "E5"),
+        ),
+        (vec![], publish("}", "100", "45000", "E6")),
         // The stream lost, the meta hash kept: the offsets go on.
         (
             vec![&["DEL", "stream"]],
-            durable_publish("{\"e\":5}", "100", "45000", "E5"),
+            publish(",\"g\":7}", "100", "45000", "E7"),
         ),
-        // The meta hash's offset reset: the stream's top is ahead, a new epoch again.
+        // The offset reset: from 1, a new epoch (the stream deleted); set back below the stream's
+        // top with the epoch kept, XADD refuses the ID (the offset stays incremented).
         (
             vec![&["HSET", "meta", "offset", "0"]],
-            durable_publish("{\"f\":6}", "100", "45000", "E6"),
+            publish("}", "100", "45000", "E8"),
         ),
-        // The stream of another type: replaced.
+        (vec![], publish("}", "100", "45000", "E9")),
+        (
+            vec![&["HSET", "meta", "offset", "1"]],
+            publish("}", "100", "45000", "E10"),
+        ),
+        (vec![], publish("}", "100", "45000", "E10")),
+        // An empty epoch is still an epoch (only nil and false are false in Lua).
+        (
+            vec![&["HSET", "meta", "epoch", ""]],
+            publish("}", "100", "45000", "E11"),
+        ),
+        // The stream of another type: with an epoch, XADD fails; without, it is deleted.
         (
             vec![&["SET", "stream", "x"]],
-            durable_publish("{\"g\":7}", "100", "45000", "E7"),
+            publish("}", "100", "45000", "E12"),
         ),
-        // Errors, on the lines Redis names.
+        (vec![&["DEL", "meta"]], publish("}", "100", "45000", "E13")),
+        // The meta hash of another type, or its offset not an integer.
         (
             vec![&["SET", "meta", "x"]],
-            durable_publish("{}", "100", "45000", "E8"),
+            publish("}", "100", "45000", "E14"),
         ),
+        (
+            vec![&["DEL", "meta"], &["HSET", "meta", "offset", "x"]],
+            publish("}", "100", "45000", "E15"),
+        ),
+        // Offsets that make no ID: 0, negative, and from 10^14 on (Lua writes them `1e+14`).
+        (
+            vec![&["DEL", "meta"], &["HSET", "meta", "offset", "-1"]],
+            publish("}", "100", "45000", "E16"),
+        ),
+        (
+            vec![&["HSET", "meta", "offset", "-10"]],
+            publish("}", "100", "45000", "E17"),
+        ),
+        (
+            vec![&["HSET", "meta", "offset", "99999999999998"]],
+            publish(",\"i\":9}", "100", "45000", "E18"),
+        ),
+        (vec![], publish("}", "100", "45000", "E18")),
+        (
+            vec![&["HSET", "meta", "offset", "123456789012344"]],
+            publish("}", "100", "45000", "E18"),
+        ),
+        (
+            vec![&["HSET", "meta", "offset", "9223372036854775806"]],
+            publish("}", "100", "45000", "E18"),
+        ),
+        (vec![], publish("}", "100", "45000", "E18")),
+        // A maxlen or a TTL not a number, or negative: what the calls before did stays done.
+        (vec![&["DEL", "meta"]], publish("}", "x", "45000", "E20")),
+        (vec![], publish("}", "-1", "45000", "E21")),
+        (vec![], publish("}", "100", "soon", "E22")),
+        (vec![], publish("}", "100", "1.5", "E23")),
+        (vec![], publish("}", "100", "45000", "E24")),
+        // Missing ARGVs (the epoch is only needed for a new one) and KEYS.
+        (vec![], durable_eval(&full, &[])),
+        (vec![], durable_eval(&full, &["chan"])),
+        (vec![], durable_eval(&full, &["chan", "}"])),
+        (vec![], durable_eval(&full, &["chan", "}", "100"])),
+        (vec![], durable_eval(&full, &["chan", "}", "100", "45000"])),
         (
             vec![&["DEL", "meta"]],
-            durable_publish("{}", "x", "45000", "E9"),
+            durable_eval(&full, &["chan", "}", "100", "45000"]),
         ),
-        (vec![], durable_publish("{}", "100", "soon", "E10")),
+        // (a meta hash with an offset but no epoch: HGET, then HSET with no epoch)
+        (vec![], durable_eval(&full, &["chan", "}", "100", "45000"])),
         (
             vec![],
-            durable_publish("{}", "100", "45000", "E11")[..7].to_vec(),
-        ),
-        (
-            vec![],
-            durable_publish("{}", "100", "45000", "E12")[..5].to_vec(),
+            durable_eval(&["stream"], &["chan", "}", "100", "45000", "E25"]),
         ),
         (
             vec![],
-            durable_publish("{}", "100", "45000", "E13")[..9].to_vec(),
+            durable_eval(&[], &["chan", "}", "100", "45000", "E26"]),
         ),
-        (vec![], durable_publish("{\"h\":8}", "100", "-1", "E14")),
+        // A negative TTL deletes both keys; the message is still published, and the next publish
+        // starts a new epoch.
+        (vec![], publish(",\"h\":8}", "100", "-1", "E27")),
+        (vec![], publish("}", "100", "60000", "E28")),
     ];
     for (setup, script) in steps {
         let script: Vec<&str> = script.iter().map(String::as_str).collect();
@@ -1479,25 +1527,46 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
             call(&mut mock_conn, &script).await,
             want,
             "{setup:?} {:?}",
-            &script[3..]
+            &script[2..]
         );
         assert_eq!(
             durable_state(&mut mock_conn).await,
             durable_state(&mut real_conn).await,
             "{setup:?} {:?}",
-            &script[3..]
+            &script[2..]
         );
         if !matches!(want, BytesFrame::Error(_)) {
             assert_eq!(
                 next(&mut mock_sub).await,
                 next(&mut real_sub).await,
                 "{:?}",
-                &script[3..]
+                &script[2..]
             );
         }
     }
     assert!(silent(&mut real_sub).await);
     assert!(silent(&mut mock_sub).await);
+}
+
+/// Lua's `%.14g`, as Redis 7.0's `tostring(tonumber(n))` answers.
+#[test]
+fn offsets_are_written_as_lua_writes_them() {
+    for (n, text) in [
+        (0, "0"),
+        (1, "1"),
+        (-9, "-9"),
+        (99_999_999_999_999, "99999999999999"),
+        (-99_999_999_999_999, "-99999999999999"),
+        (100_000_000_000_000, "1e+14"),
+        (-100_000_000_000_000, "-1e+14"),
+        (123_456_789_012_345, "1.2345678901234e+14"),
+        (123_456_789_012_355, "1.2345678901236e+14"),
+        (999_999_999_999_995, "1e+15"),
+        (9_007_199_254_740_993, "9.007199254741e+15"),
+        (i64::MAX, "9.2233720368548e+18"),
+    ] {
+        assert_eq!(super::script_durable_publish::lua_number(n), text, "{n}");
+    }
 }
 
 /// What the runtime does: `redis::Script::invoke_async` (EVALSHA, on NOSCRIPT SCRIPT LOAD and
@@ -1512,11 +1581,10 @@ async fn redis_script_invoke_async_runs_the_durable_publish() {
             .key("s")
             .key("m")
             .arg("chan")
-            .arg("{\"x\":1}")
+            .arg(",\"x\":1}")
             .arg(10)
             .arg(1000)
             .arg("E")
-            .arg(1)
             .invoke_async(&mut c)
             .await
             .unwrap();
@@ -1527,4 +1595,11 @@ async fn redis_script_invoke_async_runs_the_durable_publish() {
         [1]
     );
     assert_eq!(q::<i64>(&mut c, &["XLEN", "s"]).await, 2);
+    assert_eq!(
+        q::<Value>(&mut c, &["XRANGE", "s", "2", "2"]).await,
+        Value::Array(vec![rentry(
+            "2-0",
+            &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":2,\"x\":1}"]
+        )])
+    );
 }

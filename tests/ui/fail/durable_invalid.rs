@@ -19,4 +19,14 @@ async fn predicate_only() {}
 #[websocket_subscriber(channel = "a", durabel)]
 async fn misspelled() {}
 
+
+#[websocket_subscriber(match = pattern("jobs:*"), once)]
+async fn once_on_a_pattern() {}
+
+#[websocket_subscriber(channel = "jobs", once = "yes")]
+async fn once_with_a_value() {}
+
+#[websocket_subscriber(channel = "*", once)]
+async fn once_everywhere() {}
+
 fn main() {}

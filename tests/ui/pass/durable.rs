@@ -14,10 +14,16 @@ fn orders(cx: Context) {
     let _ = cx.stream_position().map(|at| at.offset);
 }
 
+#[websocket_subscriber(channels = ["invoices", "refunds"], once, timeout = "10s")]
+async fn charge(Message(m): Message, at: StreamPosition) -> HandlerResult {
+    let _ = (m, at);
+    Ok(())
+}
+
 fn main() {
     let app = Switchboard::builder()
-        .only(["payments", "orders"])
+        .only(["payments", "orders", "charge"])
         .build()
         .expect("durable handlers build");
-    assert_eq!(app.handlers().len(), 2);
+    assert_eq!(app.handlers().len(), 3);
 }

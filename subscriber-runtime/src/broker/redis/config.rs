@@ -53,6 +53,7 @@ impl RedisBroker {
             },
             publisher: Arc::default(),
             reader: Arc::default(),
+            epochs: Arc::default(),
         })
     }
 

@@ -7,13 +7,12 @@
 //! Cluster a channel's two keys live in one slot, as the script needs.
 
 use std::sync::{Arc, LazyLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use redis::{RedisError, Value};
 
 use super::{classify, RedisBroker};
-use crate::broker::durable::new_epoch;
+use crate::broker::durable::split_live;
 use crate::broker::{Position, Retention, StreamRead};
 use crate::error::BrokerError;
 
@@ -27,12 +26,6 @@ pub(super) fn keys(channel_on_redis: &str) -> (String, String) {
         format!("switchboard:stream:{{{channel_on_redis}}}"),
         format!("switchboard:meta:{{{channel_on_redis}}}"),
     )
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl RedisBroker {
@@ -55,15 +48,26 @@ impl RedisBroker {
             .await
             .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
         let ttl_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
+        // The payload after its `{`, with a `,` first unless the object is empty: the script puts
+        // the position in front.
+        let rest = &payload[1..];
+        let empty = rest
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_none_or(|b| *b == b'}');
+        let mut tail = Vec::with_capacity(rest.len() + 1);
+        if !empty {
+            tail.push(b',');
+        }
+        tail.extend_from_slice(rest);
         let result: Result<(String, u64), RedisError> = PUBLISH_SCRIPT
             .key(&stream)
             .key(&meta)
             .arg(&on_redis)
-            .arg(payload)
+            .arg(tail)
             .arg(retention.max_messages())
             .arg(ttl_ms)
-            .arg(&*new_epoch())
-            .arg(unix_ms())
+            .arg(&*self.epochs.next())
             .invoke_async(&mut conn)
             .await;
         match result {
@@ -135,37 +139,28 @@ impl RedisBroker {
     }
 }
 
-/// `XRANGE`'s reply: `[[id, [field, value, ...]], ...]` → `(offset, payload)`, skipping what is
-/// not one of the script's entries.
+/// `XRANGE`'s reply: `[[id, [field, value, ...]], ...]` → `(offset, payload)`: each entry's
+/// message (field `m`, the live form) without its position; what is not one of the script's
+/// entries is skipped.
 fn parse_entries(reply: Value) -> Vec<(u64, Bytes)> {
     let Value::Array(items) = reply else {
         return Vec::new();
     };
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        let Value::Array(mut pair) = item else {
+        let Value::Array(pair) = item else {
             continue;
         };
-        if pair.len() != 2 {
-            continue;
-        }
-        let fields = pair.pop();
-        let id = pair.pop();
-        let (Some(Value::BulkString(id)), Some(Value::Array(fields))) = (id, fields) else {
-            continue;
-        };
-        let Some(offset) = std::str::from_utf8(&id)
-            .ok()
-            .and_then(|id| id.strip_suffix("-0"))
-            .and_then(|o| o.parse::<u64>().ok())
-        else {
+        let Some(Value::Array(fields)) = pair.into_iter().nth(1) else {
             continue;
         };
         let mut fields = fields.into_iter();
         while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
             if let (Value::BulkString(name), Value::BulkString(value)) = (name, value) {
-                if name == b"p" {
-                    out.push((offset, Bytes::from(value)));
+                if name == b"m" {
+                    if let Some((position, payload)) = split_live(&value) {
+                        out.push((position.offset, payload));
+                    }
                     break;
                 }
             }

@@ -23,6 +23,7 @@ use crate::error::BrokerError;
 mod backoff;
 mod config;
 mod durable;
+mod group;
 mod presence;
 mod publisher;
 mod subscriber;
@@ -113,6 +114,8 @@ pub struct RedisBroker {
     /// A second connection, for reading durable channels' streams: a read never queues behind
     /// publishes, nor publishes behind a long read.
     reader: Arc<PublishSlot>,
+    /// Epoch candidates for durable channels' new streams.
+    epochs: Arc<crate::broker::durable::Epochs>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -226,6 +229,18 @@ impl Broker for RedisBroker {
                 }
             }
         })
+    }
+
+    fn group_consumer(
+        &self,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn crate::broker::GroupConsumer>, BrokerError> {
+        self.check_config()?;
+        Ok(Box::new(group::RedisGroupConsumer::new(
+            self, channel, group, consumer,
+        )))
     }
 
     fn read_stream(

@@ -1,0 +1,193 @@
+//! Run-once handlers: each reads its channels' streams in a consumer group of its own (one group
+//! per handler, every worker a consumer in it), so that each message runs on one worker. Every
+//! entry is acknowledged once its run ends (whatever the outcome: a failure is logged, and
+//! retried only by a retry layer); the entries another consumer held for longer than
+//! `once_claim_idle` without acknowledging them (it died, or hangs) are claimed and run here.
+//!
+//! Unlike a live message, a run-once handler's message runs even on the worker that published it:
+//! one worker gets each message, so skipping it there would skip it everywhere.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{DispatchEvent, Dispatcher};
+use crate::broker::{GroupConsumer, GroupEntry};
+use crate::handler::context::{Context, Delivery};
+use crate::message::envelope;
+use crate::observe::stats::{Counters, RateLimit};
+
+/// Entries read (or claimed) at a time.
+const BATCH: usize = 64;
+/// The longest a read waits for a new entry (so that claims are looked for in between).
+const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+/// The consumer group of a run-once handler.
+pub(crate) fn group_name(handler: &str) -> String {
+    format!("switchboard.once.{handler}")
+}
+
+impl Dispatcher {
+    /// The exact channels of every run-once handler: `(handler index, channel)`.
+    pub(crate) fn once_channels(&self) -> Vec<(u32, Arc<str>)> {
+        let mut out = Vec::new();
+        for (i, e) in self.entries.iter().enumerate().filter(|(_, e)| e.once) {
+            let i = u32::try_from(i).expect("fewer than 2^32 handlers");
+            for m in &e.matchers {
+                if let crate::message::matcher::Compiled::Channel(c) = m {
+                    out.push((i, c.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts a consumer loop on the dispatcher's task tracker (waited for at shutdown).
+    pub(crate) fn spawn_once(
+        self: &Arc<Self>,
+        index: u32,
+        channel: Arc<str>,
+        consumer: Box<dyn GroupConsumer>,
+        claim_idle: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            this.run_once(index, channel, consumer, claim_idle, shutdown)
+                .await;
+        });
+    }
+
+    async fn run_once(
+        &self,
+        index: u32,
+        channel: Arc<str>,
+        mut consumer: Box<dyn GroupConsumer>,
+        claim_idle: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let handler = self.entries[index as usize].info.name.clone();
+        let claim_every = (claim_idle / 2).max(Duration::from_millis(50));
+        let mut next_claim = Instant::now() + claim_every;
+        let mut delay = Duration::from_millis(100);
+        let warn = RateLimit::new(Duration::from_secs(5));
+        loop {
+            let block = next_claim
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), MAX_BLOCK);
+            let read = tokio::select! {
+                () = shutdown.cancelled() => return,
+                read = consumer.read(BATCH, block) => read,
+            };
+            match read {
+                Ok(entries) => {
+                    delay = Duration::from_millis(100);
+                    self.run_entries(index, &channel, &mut *consumer, entries)
+                        .await;
+                }
+                Err(error) => {
+                    if let Some(suppressed) = warn.allow() {
+                        tracing::warn!(
+                            handler = %handler,
+                            channel = %channel,
+                            worker_id = %self.config.worker_id,
+                            %error,
+                            suppressed,
+                            "run-once handler: reading its consumer group failed; retrying"
+                        );
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            if Instant::now() >= next_claim {
+                next_claim = Instant::now() + claim_every;
+                match consumer.claim(claim_idle, BATCH).await {
+                    Ok(entries) => {
+                        self.run_entries(index, &channel, &mut *consumer, entries)
+                            .await;
+                    }
+                    Err(error) => {
+                        if let Some(suppressed) = warn.allow() {
+                            tracing::warn!(
+                                handler = %handler,
+                                channel = %channel,
+                                %error,
+                                suppressed,
+                                "run-once handler: claiming a dead consumer's messages failed; retrying"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the handler for each entry, in order, then acknowledges them.
+    async fn run_entries(
+        &self,
+        index: u32,
+        channel: &Arc<str>,
+        consumer: &mut dyn GroupConsumer,
+        entries: Vec<GroupEntry>,
+    ) {
+        if entries.is_empty() {
+            return;
+        }
+        let entry = &self.entries[index as usize];
+        let mut done = Vec::with_capacity(entries.len());
+        for e in entries {
+            done.push(e.position.offset);
+            if e.claimed {
+                Counters::inc(&self.counters.once_claimed);
+                self.counters.metrics.once_claimed.increment(1);
+                tracing::info!(
+                    handler = %entry.info.name,
+                    channel = %channel,
+                    position = %e.position,
+                    worker_id = %self.config.worker_id,
+                    "run-once message taken over from a worker that held it too long (it may have run there too)"
+                );
+            }
+            let parsed = match envelope::parse(&e.payload, &self.config.limits) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    Counters::inc(&self.counters.invalid_payloads);
+                    tracing::warn!(channel = %channel, %error, "invalid payload in a run-once handler's stream: skipped");
+                    continue;
+                }
+            };
+            let mut delivery = Delivery::new(channel.clone(), parsed, e.payload);
+            delivery.position = Some(e.position);
+            delivery.recovered = e.claimed;
+            if entry.has_predicate() && !self.predicates_match(entry, &delivery) {
+                continue;
+            }
+            let cx = Context {
+                delivery: Arc::new(delivery),
+                shared: self.shared.clone(),
+            };
+            let started = Instant::now();
+            let outcome = self.run_handler(index, entry, cx, channel).await;
+            self.observe(|| DispatchEvent::Ran {
+                handler: entry.info.name.to_string(),
+                channel: channel.clone(),
+                outcome: outcome.clone(),
+                elapsed: started.elapsed(),
+            });
+        }
+        if let Err(error) = consumer.ack(done).await {
+            tracing::warn!(
+                handler = %entry.info.name,
+                channel = %channel,
+                %error,
+                "run-once handler: acknowledging failed; these messages will be taken over and run again"
+            );
+        }
+    }
+}

@@ -14,7 +14,9 @@
 //! - `http://127.0.0.1:3000/`: a page (plain HTML and JavaScript inside the binary) that connects
 //!   to `/ws` and shows greetings sent through the `hello:greet` client route, the system status a
 //!   subscriber relays, joining and leaving the support room and its announcements, jobs that
-//!   complete or fail, and the count of analytics events;
+//!   complete or fail, the count of analytics events, and a live feed in a durable room (`feed`,
+//!   a tick every second): drop the connection and, when it is back, the page rejoins with the
+//!   last position it saw, gets what it missed, and says `recovered`;
 //! - `ws://127.0.0.1:3000/ws`: the WebSocket endpoint, for any client;
 //! - `http://127.0.0.1:3000/metrics`: Prometheus metrics.
 //!
@@ -25,6 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::prelude::*;
+
+/// The durable room of the page's live feed.
+const FEED_ROOM: &str = "feed";
 
 // The three use-case examples, whole: their subscribers, routes and state are part of this demo.
 #[path = "analytics_sink.rs"]
@@ -160,7 +165,12 @@ async fn main() -> anyhow::Result<()> {
     let builder = Switchboard::builder()
         .broker_from_env()?
         .prometheus("/metrics")
-        .state(analytics);
+        .state(analytics)
+        // The live feed: a durable room, so a page that comes back gets what it missed.
+        .durable_rooms(
+            FEED_ROOM,
+            switchboard::broker::Retention::new().messages(1_000),
+        );
     let (builder, jobs) = job_notifications::app(builder).await?;
     let app = room_announcements::app(builder)
         .route("hello", "greet", greet)
@@ -255,11 +265,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .merge(running.router());
     let server = tokio::spawn(async move { axum::serve(listener, site).await });
+    // A tick a second in the durable feed room, from this worker.
+    let ws = running.websocket();
+    let feed = tokio::spawn(async move {
+        for n in 1_u64.. {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let tick = Outgoing::new("feed", "tick", json!({"n": n, "from": "hello_world"}));
+            if let Err(error) = ws.broadcast_to_room_everywhere(FEED_ROOM, tick).await {
+                tracing::warn!(%error, "feed tick not sent");
+            }
+        }
+    });
     println!("\nOpen http://{addr}/ in a browser (Ctrl-C stops), or use any WebSocket client:");
     println!("  websocat ws://{addr}/ws");
     println!(r#"  {{"type":"hello","action":"greet","data":{{"name":"Ada"}}}}"#);
     println!("Prometheus metrics: http://{addr}/metrics");
     tokio::signal::ctrl_c().await?;
+    feed.abort();
     job_worker.stop().await;
     running.shutdown().await;
     server.abort();

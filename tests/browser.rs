@@ -219,7 +219,8 @@ async fn the_demo_page_works_in_headless_chromium() {
 
     // Page A joins the support room; page B (not a member) announces: only A gets it.
     click(&a, "join").await;
-    wait_text(&a, "rooms", "the joined room", |t| t == "support").await;
+    // (Both pages are in the durable `feed` room from the start.)
+    wait_text(&a, "rooms", "the joined room", |t| t == "feed, support").await;
     set_name(&b, "Grace").await;
     click(&b, "announce").await;
     wait_text(&a, "announcements", "the announcement", |t| {
@@ -234,7 +235,7 @@ async fn the_demo_page_works_in_headless_chromium() {
     })
     .await;
     assert_eq!(text(&b, "announcements").await, "", "B is not in the room");
-    assert_eq!(text(&b, "rooms").await, "none");
+    assert_eq!(text(&b, "rooms").await, "feed");
 
     // A job completes: both pages hear of it. A failing job: only its requester does.
     click(&a, "job").await;
@@ -261,6 +262,36 @@ async fn the_demo_page_works_in_headless_chromium() {
     }
     // Nothing failed on A's side: its failing-job line never shows.
     assert!(!text(&a, "jobs").await.contains("failed"));
+
+    // The durable feed: A drops its connection for 3 s (ticks go on, one a second); when it is
+    // back it rejoins with its last position, gets the ticks it missed, and says so.
+    let position = |t: &str| {
+        t.strip_prefix("offset ")
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let before = wait_text(&a, "feed-position", "a feed position", |t| {
+        position(t).is_some_and(|n| n >= 1)
+    })
+    .await;
+    let before = position(&before).unwrap();
+    click(&a, "drop").await;
+    let recovery = wait_text(&a, "feed-recovery", "the recovery after the drop", |t| {
+        t.starts_with("recovered")
+    })
+    .await;
+    assert!(recovery.starts_with("recovered: true"), "{recovery}");
+    let after = position(&text(&a, "feed-position").await).unwrap();
+    assert!(
+        after >= before + 2,
+        "the ticks missed during 3 s came back: {before} -> {after}"
+    );
+    let ticks = text(&a, "feed").await;
+    for n in before..=after {
+        assert!(
+            ticks.contains(&format!("#{n}:")),
+            "tick #{n} missing from {ticks:?}"
+        );
+    }
 
     screenshot(&a, "hello-world.png").await;
     a.close().await.unwrap();

@@ -603,3 +603,54 @@ async fn run_once_handlers_run_each_message_on_one_worker_and_take_over_a_hung_o
     let redis = TestRedis::start().await.unwrap();
     each_message_runs_once(redis.broker(&namespace("once")).unwrap(), "redis").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_get_consecutive_offsets_and_each_message_is_handled_once_in_order() {
+    let redis = TestRedis::start().await.unwrap();
+    let ns = namespace("concurrent");
+    let (worker, log) = worker(redis.broker(&ns).unwrap(), "burst", Retention::default()).await;
+    let source = publisher(redis.broker(&ns).unwrap(), "burst", Retention::default()).await;
+    // 8 publishers × 200 messages at once: they queue up and go in batches.
+    let tasks: Vec<_> = (0..8_u64)
+        .map(|p| {
+            let publisher = source.publisher();
+            tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                for i in 0..200_u64 {
+                    let at = publisher
+                        .publish_durable("burst", &json!({"n": p * 1000 + i}))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    offsets.push((at.offset, p * 1000 + i));
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut published = Vec::new();
+    for task in tasks {
+        let offsets = task.await.unwrap();
+        // One publisher's messages get increasing offsets, in its order.
+        assert!(offsets.windows(2).all(|w| w[0].0 < w[1].0));
+        published.extend(offsets);
+    }
+    published.sort_unstable();
+    let offsets: Vec<u64> = published.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (1..=1600).collect::<Vec<_>>(),
+        "consecutive, none twice"
+    );
+    eventually("all 1,600 handled", Duration::from_secs(20), || {
+        log.lock().unwrap().len() >= 1600
+    })
+    .await;
+    worker.wait_idle().await;
+    let log = log.lock().unwrap().clone();
+    let handled: Vec<(u64, u64)> = log.iter().map(|(n, offset, _)| (*offset, *n)).collect();
+    assert_eq!(
+        handled, published,
+        "each once, in offset order, the right message at each offset"
+    );
+}

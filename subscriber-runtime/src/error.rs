@@ -136,7 +136,7 @@ impl BuildError {
 }
 
 /// A broker could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum BrokerError {
     /// The broker's server cannot be reached right now.

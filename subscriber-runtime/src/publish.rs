@@ -137,6 +137,21 @@ impl Publisher {
         self.send(channel, payload).await
     }
 
+    /// Reads a [durable](crate::Builder::durable) channel's history: at most `limit` messages
+    /// after the offset `after` (as published, without the position), with the stream's epoch
+    /// and newest offset. What the WebSocket server replays to a client that reconnects.
+    ///
+    /// # Errors
+    /// The broker's, when it cannot be read.
+    pub async fn read_stream(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<crate::broker::StreamRead, crate::BrokerError> {
+        self.broker.read_stream(channel, after, limit).await
+    }
+
     /// Sends a payload: on a durable channel through its stream (returning the position).
     async fn send(&self, channel: &str, payload: Bytes) -> Result<Option<Position>, PublishError> {
         match self.durable.retention(channel) {

@@ -275,6 +275,10 @@ pub(crate) struct Conn {
     /// The client sent a ping: the writer must get its pong out (a flush) within the stall
     /// timeout, so that a client that floods pings and never reads is found.
     flush_requested: std::sync::atomic::AtomicBool,
+    /// The durable rooms this client rejoined with a position: where it is in each, and the
+    /// live frames held while it catches up (see `rooms_durable.rs`).
+    pub(crate) durable_rooms:
+        Mutex<std::collections::HashMap<String, crate::rooms_durable::RoomCursor>>,
 }
 
 impl fmt::Debug for Conn {
@@ -314,6 +318,7 @@ impl Conn {
             last_activity: AtomicU64::new(now_ms),
             route_slots: tokio::sync::Semaphore::new(limits.routes),
             flush_requested: std::sync::atomic::AtomicBool::new(false),
+            durable_rooms: Mutex::default(),
         }
     }
 

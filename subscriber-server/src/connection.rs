@@ -494,8 +494,36 @@ async fn join_room(ws: &WebSocket, conn: &Conn, data: &Value) {
         return;
     };
     let user = room_user(&conn.client, Some(data));
-    match ws.join_with(id, room, user.clone()) {
+    // A durable room: with `since`, the live frames wait while the missed ones are sent; without,
+    // the reply says where the room is.
+    let durable = ws.is_durable_room(room);
+    let since = data
+        .get("since")
+        .and_then(|since| {
+            Some((
+                since.get("epoch")?.as_str()?.to_owned(),
+                since.get("offset")?.as_u64()?,
+            ))
+        })
+        .filter(|_| durable);
+    let position = match &since {
+        Some(_) => {
+            lock_cursors(conn).insert(room.to_owned(), crate::rooms_durable::RoomCursor::holding());
+            None
+        }
+        None if durable => Some(ws.room_position(room).await),
+        None => None,
+    };
+    let joined = ws.join_with(id, room, user.clone());
+    if joined.is_err() {
+        lock_cursors(conn).remove(room);
+    }
+    match joined {
         Ok(_) => {
+            let recovery = match (&since, position) {
+                (Some((epoch, offset)), _) => Some(ws.catch_up(conn, room, epoch, *offset).await),
+                (None, position) => position,
+            };
             let mut reply_data = json!({
                 "roomName": room,
                 "userId": user["id"],
@@ -505,6 +533,11 @@ async fn join_room(ws: &WebSocket, conn: &Conn, data: &Value) {
             });
             if reply_data["userId"].is_null() {
                 reply_data["userId"] = Value::from(id.as_str());
+            }
+            if let Some(recovery) = recovery {
+                reply_data["recovered"] = Value::Bool(recovery.recovered);
+                reply_data["epoch"] = recovery.epoch.as_deref().map_or(Value::Null, Value::from);
+                reply_data["offset"] = Value::from(recovery.offset);
             }
             system_reply(
                 ws,
@@ -524,6 +557,15 @@ async fn join_room(ws: &WebSocket, conn: &Conn, data: &Value) {
             &json!({"success": false, "error": "Failed to join room", "message": error.to_string(), "clientId": id}),
         ),
     }
+}
+
+fn lock_cursors(
+    conn: &Conn,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, crate::rooms_durable::RoomCursor>>
+{
+    conn.durable_rooms
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn leave_room(ws: &WebSocket, conn: &Conn, data: &Value) {

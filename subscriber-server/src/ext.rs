@@ -193,6 +193,25 @@ pub trait ServerBuilderExt: Sized {
     /// `path` does not start with `/`, is `/ws`, or has characters other than letters, digits,
     /// `/`, `-`, `_`, `.` and `~`.
     fn inspector(self, path: impl Into<String>) -> Self;
+
+    /// Makes the rooms whose names match `glob` (a Redis glob: `"support:*"`, or one room's name)
+    /// **durable**, keeping `retention` of their history: their cluster-wide broadcasts
+    /// ([`WebSocket::broadcast_to_room_everywhere`](crate::WebSocket::broadcast_to_room_everywhere))
+    /// go through a durable channel, every frame carries `"stream": {"room", "epoch", "offset"}`,
+    /// and a client that reconnects and joins again with the last position it saw
+    /// (`"since": {"epoch", "offset"}` in `joinRoom`'s data) first gets every frame it missed, in
+    /// order, then the live ones; the reply's data says `recovered: true`. When the history no
+    /// longer covers the gap, nothing is replayed and the reply says `recovered: false` with the
+    /// room's current `epoch` and `offset`. See the README, "Durable rooms".
+    ///
+    /// ```
+    /// use switchboard::broker::Retention;
+    /// use switchboard::prelude::*;
+    ///
+    /// let builder = Switchboard::builder().durable_rooms("support:*", Retention::new().messages(500));
+    /// # let _ = builder;
+    /// ```
+    fn durable_rooms(self, glob: &str, retention: subscriber_runtime::broker::Retention) -> Self;
 }
 
 impl ServerBuilderExt for Builder {
@@ -209,6 +228,16 @@ impl ServerBuilderExt for Builder {
             .routes
             .push(InlineRoute::new(kind.into(), action.into(), handler));
         self
+    }
+
+    fn durable_rooms(self, glob: &str, retention: subscriber_runtime::broker::Retention) -> Self {
+        let channel = format!("{}{glob}", crate::rooms_durable::CHANNEL_PREFIX);
+        let mut builder = self.durable(subscriber_runtime::Matcher::pattern(channel), retention);
+        builder
+            .plugin_mut::<WebSocketServer>()
+            .durable_rooms
+            .push(glob.to_owned());
+        builder
     }
 
     fn inspector(self, path: impl Into<String>) -> Self {

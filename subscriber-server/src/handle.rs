@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     pub(crate) direct_channel: String,
     /// The inspector, when the application asked for it.
     pub(crate) inspector: Option<Arc<crate::inspector::Inspector>>,
+    /// The globs of the durable rooms (see `rooms_durable.rs`).
+    pub(crate) durable_rooms: Vec<String>,
 }
 
 /// The WebSocket server handle: this worker's clients, the cluster's clients and rooms, and every
@@ -134,6 +136,7 @@ impl WebSocket {
             inner: Arc::new(Inner {
                 direct_channel: crate::presence::worker_channel(&worker_id),
                 inspector: setup.inspector,
+                durable_rooms: setup.durable_rooms,
                 worker_id,
                 publisher,
                 counters,

@@ -38,6 +38,7 @@ mod mirror;
 mod plugin;
 mod presence;
 mod rooms;
+mod rooms_durable;
 mod routes;
 mod send;
 mod stats;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use subscriber_runtime::plugin::{Plugin, PluginContext};
-use subscriber_runtime::{BuildError, Context, Resources, Subscriber};
+use subscriber_runtime::{BuildError, Context, Matcher, Resources, Subscriber};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WebSocketConfig;
@@ -42,6 +42,8 @@ pub struct WebSocketServer {
     pub(crate) prometheus: Option<String>,
     /// The inspector, when the application asked for it.
     pub(crate) inspector: Option<Arc<crate::inspector::Inspector>>,
+    /// The globs of the durable rooms.
+    pub(crate) durable_rooms: Vec<String>,
     handle: Option<WebSocket>,
     /// The presence announcer's task, and what tells it to finish.
     announcer: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
@@ -72,6 +74,7 @@ pub(crate) struct ServerSetup {
     pub(crate) hooks: Hooks,
     pub(crate) metrics: Endpoint,
     pub(crate) inspector: Option<Arc<crate::inspector::Inspector>>,
+    pub(crate) durable_rooms: Vec<String>,
 }
 
 impl Plugin for WebSocketServer {
@@ -109,6 +112,7 @@ impl Plugin for WebSocketServer {
                 hooks: std::mem::take(&mut self.hooks),
                 metrics,
                 inspector: self.inspector.clone(),
+                durable_rooms: self.durable_rooms.clone(),
             },
             routes,
             cx.worker_id().clone(),
@@ -132,6 +136,18 @@ impl Plugin for WebSocketServer {
                     .description("the cluster's clients and rooms, and the cluster sends to this worker's clients")
                     .handle(move |cx: Context| mirror.on_framework_message(&cx)),
             );
+            if !self.durable_rooms.is_empty() {
+                let rooms = ws.clone();
+                let patterns = self.durable_rooms.iter().map(|glob| {
+                    Matcher::pattern(format!("{}{glob}", crate::rooms_durable::CHANNEL_PREFIX))
+                });
+                cx.subscriber(
+                    Subscriber::matching(patterns)
+                        .name("switchboard.websocket.durable_rooms")
+                        .description("durable rooms' frames, delivered to this worker's members with their offsets")
+                        .handle(move |cx: Context| rooms.on_room_stream(&cx)),
+                );
+            }
         }
         self.handle = Some(ws);
         Ok(())

@@ -252,16 +252,23 @@ impl WebSocket {
             #[serde(rename = "excludeClientId", skip_serializing_if = "Option::is_none")]
             exclude: Option<&'a ClientId>,
         }
+        let to_room = ToRoom {
+            room_name: room,
+            message,
+            exclude: excluded,
+        };
+        if self.is_durable_room(room) {
+            // Through the room's durable channel: a position for each frame, and a history.
+            let channel = format!("{}{room}", crate::rooms_durable::CHANNEL_PREFIX);
+            return self
+                .inner
+                .publisher
+                .publish_including_sender(&channel, &to_room)
+                .await;
+        }
         self.inner
             .publisher
-            .publish_including_sender(
-                event::SEND_MESSAGE_TO_ROOM,
-                &ToRoom {
-                    room_name: room,
-                    message,
-                    exclude: excluded,
-                },
-            )
+            .publish_including_sender(event::SEND_MESSAGE_TO_ROOM, &to_room)
             .await
     }
 

@@ -462,6 +462,11 @@ pub(crate) fn log_table(entries: &[Entry], worker_id: &str) {
             }
             let _ = write!(matchers, "{m}");
         }
+        if e.once {
+            matchers.push_str(" [once]");
+        } else if e.durable {
+            matchers.push_str(" [durable]");
+        }
         let location = LocationDisplay(&e.info);
         let _ = write!(
             table,

@@ -100,7 +100,7 @@ const RESTART_OUTAGE: Duration = Duration::from_millis(200);
 /// answers at once, and commands pipelined behind a blocked read run after it.
 ///
 /// There is no Lua interpreter: a script is recognised by its first line, and the mock runs a
-/// native emulation of the scripts it knows (`-- switchboard:durable-publish:2`, the runtime's
+/// native emulation of the scripts it knows (`-- switchboard:durable-publish:3`, the runtime's
 /// durable publish: same keys, replies, `PUBLISH`ed bytes and errors as the Lua on Redis 7),
 /// atomically as Redis runs a script. `EVAL` and `SCRIPT LOAD` of any other script answer
 /// `ERR mock redis: unsupported script ...`, and `EVALSHA` of an unknown SHA1 answers Redis's

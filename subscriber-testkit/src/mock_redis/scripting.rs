@@ -1,11 +1,10 @@
 //! Scripts, emulated natively: `EVAL`, `EVALSHA` and `SCRIPT LOAD|EXISTS|FLUSH|KILL`.
 //!
 //! The mock has no Lua interpreter. A script is recognised by its first line, a tag naming the
-//! script and its version (e.g. `-- switchboard:durable-publish:2`), and [`SCRIPTS`] maps each tag
+//! script and its version (e.g. `-- switchboard:durable-publish:3`), and [`SCRIPTS`] maps each tag
 //! to a Rust function doing what the Lua does, through [`ScriptRun::call`], the `redis.call` of
-//! the emulation (and [`ScriptRun::lua_error`] for a Lua runtime error): same commands, in the
-//! same order, so that the keys, the replies, the published messages and the errors are those of
-//! the real script. Any other script is refused (`ERR mock redis: unsupported script ...`), by
+//! the emulation: same commands, in the same order, so that the keys, the replies, the published
+//! messages and the errors are those of the real script. Any other script is refused (`ERR mock redis: unsupported script ...`), by
 //! `EVAL` and by `SCRIPT LOAD` alike, and never enters the script cache (so `EVALSHA` answers
 //! `NOSCRIPT` for it).
 //!
@@ -209,13 +208,6 @@ impl ScriptRun<'_> {
             BytesFrame::Error(message) => Err(self.script_error(line, &message)),
             reply => Ok(reply),
         }
-    }
-
-    /// The error of a Lua runtime error (e.g. `attempt to concatenate field '?' (a nil value)`)
-    /// on line `line`, as Redis words it:
-    /// `ERR user_script:<line>: <what> script: <sha>, on @user_script:<line>.`.
-    pub(super) fn lua_error(&self, line: u32, what: &str) -> BytesFrame {
-        self.script_error(line, &format!("ERR user_script:{line}: {what}"))
     }
 
     /// `message`, an error raised on line `line`, as the script's reply.

@@ -794,6 +794,7 @@ async fn a_blocked_xread_is_woken_by_an_xadd_in_a_script_and_by_a_deletion() {
     )
     .await;
     assert!(silent(&mut reader).await);
+    // Two messages in one run of the script: the reader gets both, after the script.
     let args = [
         "EVAL",
         DURABLE_PUBLISH,
@@ -801,20 +802,24 @@ async fn a_blocked_xread_is_woken_by_an_xadd_in_a_script_and_by_a_deletion() {
         "durable",
         "meta",
         "chan",
-        ",\"a\":1}",
         "100",
         "60000",
         "E",
+        ",\"a\":1}",
+        "}",
     ];
     q::<()>(&mut c, &args).await;
     assert_eq!(
         next(&mut reader).await,
         read_reply(
             "durable",
-            vec![entry(
-                "1-0",
-                &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":1,\"a\":1}"]
-            )]
+            vec![
+                entry(
+                    "1-0",
+                    &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":1,\"a\":1}"]
+                ),
+                entry("2-0", &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":2}"]),
+            ]
         )
     );
     // A group reader blocked on a stream deleted, or on a group destroyed, gets Redis's error.
@@ -935,20 +940,21 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
     let mut c = connection(&redis).await;
     let sha = sha1_smol::Sha1::from(DURABLE_PUBLISH).digest().to_string();
     let publisher = c.clone();
-    let publish = |payload: &'static str, sha: String| {
+    let publish = |payloads: &'static [&'static str], sha: String| {
         let mut c = publisher.clone();
         async move {
             let args = [
-                "EVALSHA", &sha, "2", "stream", "meta", "chan", payload, "100", "60000", "E1",
+                "EVALSHA", &sha, "2", "stream", "meta", "chan", "100", "60000", "E1",
             ];
             redis::cmd(args[0])
                 .arg(&args[1..])
+                .arg(payloads)
                 .query_async::<Value>(&mut c)
                 .await
         }
     };
     // What `redis::Script::invoke_async` does: EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA.
-    let e = publish(",\"a\":1}", sha.clone()).await.unwrap_err();
+    let e = publish(&[",\"a\":1}"], sha.clone()).await.unwrap_err();
     assert_eq!(
         super::tests_data::message(&e),
         "NOSCRIPT No matching script. Please use EVAL."
@@ -965,11 +971,14 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
         .await,
         [1, 1, 0]
     );
-    // `{"a":1}`, then `{}`, then `{"b":"x y"}`: the payload after its `{`, `,` first unless empty.
-    for (payload, offset) in [(",\"a\":1}", 1), ("}", 2), (",\"b\":\"x y\"}", 3)] {
+    // `{"a":1}`, then `{}` and `{"b":"x y"}` in one run: each payload after its `{`, `,` first
+    // unless empty; the reply is the first payload's offset.
+    let batches: [(&'static [&'static str], i64); 2] =
+        [(&[",\"a\":1}"], 1), (&["}", ",\"b\":\"x y\"}"], 2)];
+    for (payloads, first) in batches {
         assert_eq!(
-            publish(payload, sha.clone()).await.unwrap(),
-            Value::Array(vec![b("E1"), Value::Int(offset)])
+            publish(payloads, sha.clone()).await.unwrap(),
+            Value::Array(vec![b("E1"), Value::Int(first)])
         );
     }
     let expected = [
@@ -1003,7 +1012,7 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
     }
     // After SCRIPT FLUSH, NOSCRIPT again.
     assert_eq!(q::<Value>(&mut c, &["SCRIPT", "FLUSH"]).await, Value::Okay);
-    assert!(publish("}", sha).await.is_err());
+    assert!(publish(&["}"], sha).await.is_err());
     assert_eq!(redis.published_count(), 3);
 }
 
@@ -1018,13 +1027,30 @@ async fn an_unknown_script_is_refused() {
             "LOAD",
             "-- switchboard:durable-publish:99\nreturn 1",
         ],
-        // Version 1 is no longer emulated.
+        // Versions 1 and 2 are no longer emulated.
         &[
             "EVAL",
             "-- switchboard:durable-publish:1\nreturn 1",
             "2",
             "s",
             "m",
+        ],
+        &[
+            "EVAL",
+            "-- switchboard:durable-publish:2\nlocal offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)",
+            "2",
+            "s",
+            "m",
+            "chan",
+            "}",
+            "100",
+            "60000",
+            "E",
+        ],
+        &[
+            "SCRIPT",
+            "LOAD",
+            "-- switchboard:durable-publish:2\r\nreturn 1",
         ],
     ] {
         let message = err(&mut c, args).await;
@@ -1033,7 +1059,7 @@ async fn an_unknown_script_is_refused() {
             "{message}"
         );
         assert!(
-            message.ends_with("one of: -- switchboard:durable-publish:2"),
+            message.ends_with("one of: -- switchboard:durable-publish:3"),
             "{message}"
         );
     }
@@ -1362,9 +1388,11 @@ fn durable_eval(keys: &[&str], argv: &[&str]) -> Vec<String> {
 }
 
 /// One run of the durable-publish script on the stream `stream`, the meta hash `meta` and the
-/// channel `chan`: `payload` is the object after its `{` (`,` first unless empty).
-fn durable_publish(payload: &str, maxlen: &str, ttl: &str, epoch: &str) -> Vec<String> {
-    durable_eval(&["stream", "meta"], &["chan", payload, maxlen, ttl, epoch])
+/// channel `chan`: each payload is the object after its `{` (`,` first unless empty).
+fn durable_publish(payloads: &[&str], maxlen: &str, ttl: &str, epoch: &str) -> Vec<String> {
+    let mut argv = vec!["chan", maxlen, ttl, epoch];
+    argv.extend_from_slice(payloads);
+    durable_eval(&["stream", "meta"], &argv)
 }
 
 /// The state the script leaves: the stream's entries, the meta hash, whether each key exists,
@@ -1383,169 +1411,396 @@ async fn durable_state(conn: &mut Raw) -> Vec<BytesFrame> {
     state
 }
 
+/// Published on `chan` after each step of the comparison: the messages before it are the step's.
+const END_OF_STEP: &str = "end of step";
+
+/// A server of the durable-publish comparison: a connection for the commands, one subscribed to
+/// `chan`, and one for blocking reads.
+struct DurableSide {
+    conn: Raw,
+    sub: Raw,
+    reader: Raw,
+}
+
+/// What a step leaves on a server: the script's reply, the messages it published (as the
+/// subscriber receives them), and the state of the keys.
+#[derive(Debug, PartialEq)]
+struct DurableStep {
+    reply: BytesFrame,
+    published: Vec<BytesFrame>,
+    state: Vec<BytesFrame>,
+}
+
+/// What a step of the comparison is there to exercise: the line of the script whose `redis.call`
+/// fails (`None`: the script succeeds), and how many messages it publishes.
+type Outcome = (Option<u32>, usize);
+
+/// A step of the comparison: setup commands, the script's arguments, what the step is for.
+type DurableCase<'a> = (Vec<&'a [&'a str]>, Vec<String>, Outcome);
+
+impl DurableSide {
+    async fn start(addr: std::net::SocketAddr) -> Self {
+        let mut sub = raw(addr).await;
+        call(&mut sub, &["SUBSCRIBE", "chan"]).await;
+        Self {
+            conn: raw(addr).await,
+            sub,
+            reader: raw(addr).await,
+        }
+    }
+
+    /// Runs the setup commands, then the script.
+    async fn step(&mut self, setup: &[&[&str]], script: &[&str]) -> DurableStep {
+        for args in setup {
+            call(&mut self.conn, args).await;
+        }
+        let reply = call(&mut self.conn, script).await;
+        call(&mut self.conn, &["PUBLISH", "chan", END_OF_STEP]).await;
+        let mut published = vec![];
+        loop {
+            let message = next(&mut self.sub).await;
+            if message == bulks(&["message", "chan", END_OF_STEP]) {
+                break;
+            }
+            published.push(message);
+        }
+        let state = durable_state(&mut self.conn).await;
+        DurableStep {
+            reply,
+            published,
+            state,
+        }
+    }
+
+    /// Blocks the reader on the entries added to `stream` from now on.
+    async fn block_reader(&mut self) {
+        send(
+            &mut self.reader,
+            &["XREAD", "BLOCK", "0", "STREAMS", "stream", "$"],
+        )
+        .await;
+    }
+}
+
+/// Runs a step on the real Redis and on the mock: the same reply, messages and state, and the
+/// outcome the step is there for.
+async fn compare_durable_step(
+    real: &mut DurableSide,
+    mock: &mut DurableSide,
+    setup: &[&[&str]],
+    script: &[String],
+    (line, published): Outcome,
+) {
+    let script: Vec<&str> = script.iter().map(String::as_str).collect();
+    let want = real.step(setup, &script).await;
+    let got = mock.step(setup, &script).await;
+    assert_eq!(got, want, "{setup:?} {:?}", &script[2..]);
+    let outcome = match (&want.reply, line) {
+        (BytesFrame::Array(_), None) => true,
+        (BytesFrame::Error(e), Some(line)) => e.ends_with(&format!(", on @user_script:{line}.")),
+        _ => false,
+    };
+    assert!(
+        outcome && want.published.len() == published,
+        "not the outcome {:?} the step is for: {want:?} {setup:?} {:?}",
+        (line, published),
+        &script[2..]
+    );
+}
+
 #[tokio::test]
 async fn durable_publish_matches_the_real_script_on_a_real_redis() {
-    let Some(real) = RealRedis::start().await else {
+    let Some(real_redis) = RealRedis::start().await else {
         eprintln!("redis-server is not on PATH: skipping the comparison with a real Redis");
         return;
     };
-    let mock = MockRedis::start().await;
-    let (mut real_conn, mut mock_conn) = (raw(real.addr).await, raw(mock.addr()).await);
-    let (mut real_sub, mut mock_sub) = (raw(real.addr).await, raw(mock.addr()).await);
-    for sub in [&mut real_sub, &mut mock_sub] {
-        call(sub, &["SUBSCRIBE", "chan"]).await;
-    }
+    let mock_redis = MockRedis::start().await;
+    let mut real = DurableSide::start(real_redis.addr).await;
+    let mut mock = DurableSide::start(mock_redis.addr()).await;
     let publish = durable_publish;
     let full = ["stream", "meta"];
-    // (setup commands, the script's arguments)
-    let steps: Vec<(Vec<&[&str]>, Vec<String>)> = vec![
-        // A first publish (a new epoch; the stream, missing, is deleted), a second, a third.
+    const I64_MAX_MINUS_2: &str = "9223372036854775805";
+    // (setup commands, the script's arguments, what the step is for)
+    let steps: Vec<DurableCase<'_>> = vec![
+        // One message (a new epoch; the stream, missing, is deleted), then three in one run.
         (
             vec![&["FLUSHALL"]],
-            publish(",\"a\":1}", "100", "60000", "E1"),
+            publish(&[",\"a\":1}"], "100", "60000", "E1"),
+            (None, 1),
         ),
-        (vec![], publish("}", "100", "60000", "E2")),
-        (vec![], publish(",\"b\":[1,{}]}", "100", "30000", "E2")),
-        // The script does not look at the payload.
-        (vec![], publish("", "100", "30000", "E2")),
         (
             vec![],
-            publish(" ,\"c\": \"\u{e9}\" }", "100", "30000", "E2"),
+            publish(&["}", ",\"b\":[1,{}]}", ",\"c\":3}"], "100", "60000", "E2"),
+            (None, 3),
+        ),
+        // `}` payloads (`{}`), one then two.
+        (vec![], publish(&["}"], "100", "30000", "E2"), (None, 1)),
+        (
+            vec![],
+            publish(&["}", "}"], "100", "30000", "E2"),
+            (None, 2),
+        ),
+        // The script does not look at the payloads.
+        (
+            vec![],
+            publish(&["", " ,\"c\": \"\u{e9}\" }", "}}"], "100", "30000", "E2"),
+            (None, 3),
         ),
         // The meta hash lost, the stream kept: a new epoch from offset 1, the stale stream deleted.
         (
             vec![&["DEL", "meta"]],
-            publish(",\"d\":4}", "100", "45000", "E3"),
+            publish(&[",\"d\":4}", ",\"e\":5}"], "100", "45000", "E3"),
+            (None, 2),
         ),
-        (vec![], publish(",\"e\":5}", "100", "45000", "E4")),
-        // The `epoch` field lost, `offset` kept: a new epoch, the offsets going on, the stream
-        // deleted.
+        (
+            vec![],
+            publish(&[",\"f\":6}"], "100", "45000", "E4"),
+            (None, 1),
+        ),
+        // The `epoch` field lost, `offset` kept: a new epoch, the offset reset to the payloads'
+        // count, the stream deleted.
         (
             vec![&["HDEL", "meta", "epoch"]],
-            publish(",\"f\":6}", "100", "45000", "E5"),
+            publish(&[",\"g\":7}", "}", ",\"h\":8}"], "100", "45000", "E5"),
+            (None, 3),
         ),
-        (vec![], publish("}", "100", "45000", "E6")),
+        (vec![], publish(&["}"], "100", "45000", "E6"), (None, 1)),
         // The stream lost, the meta hash kept: the offsets go on.
         (
             vec![&["DEL", "stream"]],
-            publish(",\"g\":7}", "100", "45000", "E7"),
+            publish(&[",\"i\":9}", "}"], "100", "45000", "E7"),
+            (None, 2),
         ),
-        // The offset reset: from 1, a new epoch (the stream deleted); set back below the stream's
-        // top with the epoch kept, XADD refuses the ID (the offset stays incremented).
+        // No payload: HINCRBY by 0, the TTLs renewed, the next offset replied; nothing published.
+        (vec![], publish(&[], "100", "45000", "E8"), (None, 0)),
+        // No payload and no epoch: a new one at offset 0 (the stream deleted), which the next
+        // publish (its offset not above its count) replaces.
+        (
+            vec![&["HDEL", "meta", "epoch"]],
+            publish(&[], "100", "45000", "E9"),
+            (None, 0),
+        ),
+        (
+            vec![],
+            publish(&[",\"j\":10}"], "100", "45000", "E10"),
+            (None, 1),
+        ),
+        (
+            vec![&["DEL", "meta"]],
+            publish(&[], "100", "20000", "E11"),
+            (None, 0),
+        ),
+        (
+            vec![],
+            publish(&["}", "}"], "100", "45000", "E12"),
+            (None, 2),
+        ),
+        // The offset reset: to 0, a new epoch from 1 (the stream deleted); set back below the
+        // stream's top with the epoch kept, XADD refuses the first ID (the offset stays
+        // incremented).
         (
             vec![&["HSET", "meta", "offset", "0"]],
-            publish("}", "100", "45000", "E8"),
+            publish(&["}", "}"], "100", "45000", "E13"),
+            (None, 2),
         ),
-        (vec![], publish("}", "100", "45000", "E9")),
         (
             vec![&["HSET", "meta", "offset", "1"]],
-            publish("}", "100", "45000", "E10"),
+            publish(&["}", "}"], "100", "45000", "E14"),
+            (Some(36), 0),
         ),
-        (vec![], publish("}", "100", "45000", "E10")),
+        (vec![], publish(&["}"], "100", "45000", "E14"), (None, 1)),
+        (
+            vec![&["HSET", "meta", "offset", "-10"]],
+            publish(&["}", "}"], "100", "45000", "E15"),
+            (None, 2),
+        ),
         // An empty epoch is still an epoch (only nil and false are false in Lua).
         (
             vec![&["HSET", "meta", "epoch", ""]],
-            publish("}", "100", "45000", "E11"),
+            publish(&["}"], "100", "45000", "E16"),
+            (None, 1),
         ),
-        // The stream of another type: with an epoch, XADD fails; without, it is deleted.
+        // The stream of another type: with an epoch, the first XADD fails; without, it is
+        // deleted.
         (
             vec![&["SET", "stream", "x"]],
-            publish("}", "100", "45000", "E12"),
+            publish(&["}", "}"], "100", "45000", "E17"),
+            (Some(36), 0),
         ),
-        (vec![&["DEL", "meta"]], publish("}", "100", "45000", "E13")),
+        (
+            vec![&["DEL", "meta"]],
+            publish(&["}", "}"], "100", "45000", "E18"),
+            (None, 2),
+        ),
         // The meta hash of another type, or its offset not an integer.
         (
             vec![&["SET", "meta", "x"]],
-            publish("}", "100", "45000", "E14"),
+            publish(&["}"], "100", "45000", "E19"),
+            (Some(19), 0),
         ),
         (
             vec![&["DEL", "meta"], &["HSET", "meta", "offset", "x"]],
-            publish("}", "100", "45000", "E15"),
+            publish(&["}"], "100", "45000", "E20"),
+            (Some(19), 0),
         ),
-        // Offsets that make no ID: 0, negative, and from 10^14 on (Lua writes them `1e+14`).
-        (
-            vec![&["DEL", "meta"], &["HSET", "meta", "offset", "-1"]],
-            publish("}", "100", "45000", "E16"),
-        ),
-        (
-            vec![&["HSET", "meta", "offset", "-10"]],
-            publish("}", "100", "45000", "E17"),
-        ),
-        (
-            vec![&["HSET", "meta", "offset", "99999999999998"]],
-            publish(",\"i\":9}", "100", "45000", "E18"),
-        ),
-        (vec![], publish("}", "100", "45000", "E18")),
-        (
-            vec![&["HSET", "meta", "offset", "123456789012344"]],
-            publish("}", "100", "45000", "E18"),
-        ),
-        (
-            vec![&["HSET", "meta", "offset", "9223372036854775806"]],
-            publish("}", "100", "45000", "E18"),
-        ),
-        (vec![], publish("}", "100", "45000", "E18")),
-        // A maxlen or a TTL not a number, or negative: what the calls before did stays done.
-        (vec![&["DEL", "meta"]], publish("}", "x", "45000", "E20")),
-        (vec![], publish("}", "-1", "45000", "E21")),
-        (vec![], publish("}", "100", "soon", "E22")),
-        (vec![], publish("}", "100", "1.5", "E23")),
-        (vec![], publish("}", "100", "45000", "E24")),
-        // Missing ARGVs (the epoch is only needed for a new one) and KEYS.
-        (vec![], durable_eval(&full, &[])),
-        (vec![], durable_eval(&full, &["chan"])),
-        (vec![], durable_eval(&full, &["chan", "}"])),
-        (vec![], durable_eval(&full, &["chan", "}", "100"])),
-        (vec![], durable_eval(&full, &["chan", "}", "100", "45000"])),
+        // An XADD failing mid-batch: the offsets reach 10^14, which Lua writes `1e+14`, no ID.
+        // The messages before it stay added and published, the offset incremented by all.
         (
             vec![&["DEL", "meta"]],
-            durable_eval(&full, &["chan", "}", "100", "45000"]),
-        ),
-        // (a meta hash with an offset but no epoch: HGET, then HSET with no epoch)
-        (vec![], durable_eval(&full, &["chan", "}", "100", "45000"])),
-        (
-            vec![],
-            durable_eval(&["stream"], &["chan", "}", "100", "45000", "E25"]),
+            publish(&["}"], "100", "45000", "E21"),
+            (None, 1),
         ),
         (
-            vec![],
-            durable_eval(&[], &["chan", "}", "100", "45000", "E26"]),
+            vec![&["HSET", "meta", "offset", "99999999999997"]],
+            publish(
+                &[",\"k\":1}", ",\"k\":2}", ",\"k\":3}"],
+                "100",
+                "45000",
+                "E22",
+            ),
+            (Some(36), 2),
         ),
-        // A negative TTL deletes both keys; the message is still published, and the next publish
-        // starts a new epoch.
-        (vec![], publish(",\"h\":8}", "100", "-1", "E27")),
-        (vec![], publish("}", "100", "60000", "E28")),
+        (
+            vec![],
+            publish(&["}"], "100", "45000", "E22"),
+            (Some(36), 0),
+        ),
+        (
+            vec![&["HSET", "meta", "offset", "123456789012343"]],
+            publish(&["}", "}"], "100", "45000", "E22"),
+            (Some(36), 0),
+        ),
+        // Near 2^63: the Lua numbers round; HINCRBY overflows.
+        (
+            vec![&["HSET", "meta", "offset", I64_MAX_MINUS_2]],
+            publish(&["}", "}"], "100", "45000", "E22"),
+            (Some(36), 0),
+        ),
+        (
+            vec![],
+            publish(&["}"], "100", "45000", "E22"),
+            (Some(19), 0),
+        ),
+        // (2^63 replied as Redis casts it)
+        (vec![], publish(&[], "100", "45000", "E22"), (None, 0)),
+        (
+            vec![],
+            durable_eval(&full, &["chan", "100", "45000"]),
+            (None, 0),
+        ),
+        // A maxlen or a TTL not a number, or negative: what the calls before did stays done.
+        (
+            vec![&["DEL", "meta"]],
+            publish(&["}", "}"], "x", "45000", "E30"),
+            (Some(36), 0),
+        ),
+        (vec![], publish(&["}"], "-1", "45000", "E31"), (Some(36), 0)),
+        (
+            vec![],
+            publish(&["}", "}"], "100", "soon", "E32"),
+            (Some(39), 2),
+        ),
+        (vec![], publish(&["}"], "100", "1.5", "E33"), (Some(39), 1)),
+        (vec![], publish(&[], "100", "soon", "E34"), (Some(39), 0)),
+        // (no payload: the maxlen is not used)
+        (vec![], publish(&[], "", "45000", "E34"), (None, 0)),
+        (vec![], publish(&["}"], "100", "45000", "E35"), (None, 1)),
+        // Fewer than 4 ARGVs: a negative count, which HINCRBY subtracts; then a nil TTL, or a
+        // nil epoch when a new one is needed.
+        (vec![], durable_eval(&full, &[]), (Some(39), 0)),
+        (vec![], durable_eval(&full, &["chan"]), (Some(39), 0)),
+        (vec![], durable_eval(&full, &["chan", "100"]), (Some(28), 0)),
+        (
+            vec![&["HSET", "meta", "offset", "5"]],
+            durable_eval(&full, &["chan", "100", "45000"]),
+            (None, 0),
+        ),
+        (
+            vec![&["DEL", "meta"]],
+            durable_eval(&full, &["chan", "100", "45000"]),
+            (Some(28), 0),
+        ),
+        (
+            vec![&["HSET", "meta", "epoch", "E36"]],
+            durable_eval(&full, &["chan", "100"]),
+            (Some(28), 0),
+        ),
+        (
+            vec![],
+            durable_eval(&full, &["chan", "100", "45000", "E37"]),
+            (None, 0),
+        ),
+        // Missing KEYS.
+        (
+            vec![],
+            durable_eval(&["stream"], &["chan", "100", "45000", "E38", "}"]),
+            (Some(19), 0),
+        ),
+        (
+            vec![],
+            durable_eval(&[], &["chan", "100", "45000", "E38", "}"]),
+            (Some(19), 0),
+        ),
+        // A negative TTL deletes both keys; the messages are still published, and the next
+        // publish starts a new epoch.
+        (vec![], publish(&["}"], "100", "45000", "E39"), (None, 1)),
+        (
+            vec![],
+            publish(&[",\"l\":1}", "}"], "100", "-1", "E40"),
+            (None, 2),
+        ),
+        (vec![], publish(&["}"], "100", "60000", "E41"), (None, 1)),
     ];
-    for (setup, script) in steps {
-        let script: Vec<&str> = script.iter().map(String::as_str).collect();
-        for args in &setup {
-            call(&mut real_conn, args).await;
-            call(&mut mock_conn, args).await;
-        }
-        let want = call(&mut real_conn, &script).await;
-        assert_eq!(
-            call(&mut mock_conn, &script).await,
-            want,
-            "{setup:?} {:?}",
-            &script[2..]
-        );
-        assert_eq!(
-            durable_state(&mut mock_conn).await,
-            durable_state(&mut real_conn).await,
-            "{setup:?} {:?}",
-            &script[2..]
-        );
-        if !matches!(want, BytesFrame::Error(_)) {
-            assert_eq!(
-                next(&mut mock_sub).await,
-                next(&mut real_sub).await,
-                "{:?}",
-                &script[2..]
-            );
-        }
+    for (setup, script, outcome) in &steps {
+        compare_durable_step(&mut real, &mut mock, setup, script, *outcome).await;
     }
-    assert!(silent(&mut real_sub).await);
-    assert!(silent(&mut mock_sub).await);
+
+    // A blocked XREAD is woken by the script's XADDs: once, after the script, with all of them.
+    for side in [&mut real, &mut mock] {
+        side.block_reader().await;
+        assert!(silent(&mut side.reader).await);
+    }
+    let batch = publish(&[",\"m\":1}", "}", ",\"m\":3}"], "100", "60000", "E42");
+    compare_durable_step(&mut real, &mut mock, &[], &batch, (None, 3)).await;
+    let woken = next(&mut real.reader).await;
+    assert_eq!(next(&mut mock.reader).await, woken);
+    let BytesFrame::Array(streams) = &woken else {
+        panic!("{woken:?}")
+    };
+    assert!(
+        matches!(&streams[..], [BytesFrame::Array(stream)] if matches!(&stream[..], [_, BytesFrame::Array(entries)] if entries.len() == 3)),
+        "{woken:?}"
+    );
+    // A new epoch deletes the stream and starts again from 1-0: a reader blocked after the top
+    // of the old one (`$`, 4-0) waits for an entry past it, and gets only those.
+    for side in [&mut real, &mut mock] {
+        side.block_reader().await;
+        assert!(silent(&mut side.reader).await);
+    }
+    let setup: [&[&str]; 1] = [&["DEL", "meta"]];
+    let batch = publish(&["}", "}"], "100", "60000", "E43");
+    compare_durable_step(&mut real, &mut mock, &setup, &batch, (None, 2)).await;
+    for side in [&mut real, &mut mock] {
+        assert!(silent(&mut side.reader).await);
+    }
+    let batch = publish(&["}", "}", ",\"n\":5}"], "100", "60000", "E44");
+    compare_durable_step(&mut real, &mut mock, &[], &batch, (None, 3)).await;
+    let woken = next(&mut real.reader).await;
+    assert_eq!(next(&mut mock.reader).await, woken);
+    assert_eq!(
+        woken,
+        read_reply(
+            "stream",
+            vec![entry(
+                "5-0",
+                &["m", "{\"streamEpoch\":\"E43\",\"streamOffset\":5,\"n\":5}"]
+            )]
+        )
+    );
+    for side in [&mut real, &mut mock] {
+        assert!(silent(&mut side.sub).await);
+        assert!(silent(&mut side.reader).await);
+    }
 }
 
 /// Lua's `%.14g`, as Redis 7.0's `tostring(tonumber(n))` answers.
@@ -1565,7 +1820,33 @@ fn offsets_are_written_as_lua_writes_them() {
         (9_007_199_254_740_993, "9.007199254741e+15"),
         (i64::MAX, "9.2233720368548e+18"),
     ] {
-        assert_eq!(super::script_durable_publish::lua_number(n), text, "{n}");
+        assert_eq!(
+            super::script_durable_publish::lua_number(n as f64),
+            text,
+            "{n}"
+        );
+    }
+}
+
+/// The `first` the script replies, a Lua number, as Redis casts it to a C `long long`.
+#[test]
+fn numbers_are_replied_as_redis_casts_them() {
+    use super::script_durable_publish::c_long_long;
+    let two_63 = 9_223_372_036_854_775_808.0;
+    let beyond = if cfg!(any(target_arch = "x86", target_arch = "x86_64")) {
+        i64::MIN
+    } else {
+        i64::MAX
+    };
+    for (d, n) in [
+        (1.0, 1),
+        (-1.5, -1),
+        (99_999_999_999_999.0, 99_999_999_999_999),
+        (two_63 - 1024.0, i64::MAX - 1023),
+        (-two_63, i64::MIN),
+        (two_63, beyond),
+    ] {
+        assert_eq!(c_long_long(d), n, "{d}");
     }
 }
 
@@ -1576,30 +1857,39 @@ async fn redis_script_invoke_async_runs_the_durable_publish() {
     let redis = MockRedis::start().await;
     let mut c = connection(&redis).await;
     let script = redis::Script::new(DURABLE_PUBLISH);
-    for expected in 1..=2 {
-        let (epoch, offset): (String, i64) = script
+    // One message, then two, then none.
+    let batches: [(&[&str], i64); 3] = [(&[",\"x\":1}"], 1), (&[",\"x\":2}", "}"], 2), (&[], 4)];
+    for (payloads, expected) in batches {
+        let (epoch, first): (String, i64) = script
             .key("s")
             .key("m")
             .arg("chan")
-            .arg(",\"x\":1}")
             .arg(10)
             .arg(1000)
             .arg("E")
+            .arg(payloads)
             .invoke_async(&mut c)
             .await
             .unwrap();
-        assert_eq!((epoch.as_str(), offset), ("E", expected));
+        assert_eq!((epoch.as_str(), first), ("E", expected));
     }
     assert_eq!(
         q::<Vec<i64>>(&mut c, &["SCRIPT", "EXISTS", script.get_hash()]).await,
         [1]
     );
-    assert_eq!(q::<i64>(&mut c, &["XLEN", "s"]).await, 2);
+    assert_eq!(q::<i64>(&mut c, &["XLEN", "s"]).await, 3);
     assert_eq!(
-        q::<Value>(&mut c, &["XRANGE", "s", "2", "2"]).await,
-        Value::Array(vec![rentry(
-            "2-0",
-            &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":2,\"x\":1}"]
-        )])
+        q::<Value>(&mut c, &["XRANGE", "s", "2", "3"]).await,
+        Value::Array(vec![
+            rentry(
+                "2-0",
+                &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":2,\"x\":2}"]
+            ),
+            rentry("3-0", &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":3}"]),
+        ])
+    );
+    assert_eq!(
+        q::<Value>(&mut c, &["HMGET", "m", "epoch", "offset"]).await,
+        arr(&["E", "3"])
     );
 }

@@ -54,6 +54,7 @@ impl RedisBroker {
             publisher: Arc::default(),
             reader: Arc::default(),
             epochs: Arc::default(),
+            durable_queues: Arc::default(),
         })
     }
 

@@ -6,7 +6,9 @@
 //! `switchboard:meta:{<channel>}`. Both carry the channel as their hash tag, so that on a Redis
 //! Cluster a channel's two keys live in one slot, as the script needs.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use tokio::sync::oneshot;
 
 use bytes::Bytes;
 use redis::{RedisError, Value};
@@ -15,6 +17,25 @@ use super::{classify, RedisBroker};
 use crate::broker::durable::split_live;
 use crate::broker::{Position, Retention, StreamRead};
 use crate::error::BrokerError;
+
+/// At most this many messages go in one call of the script...
+const MAX_BATCH: usize = 256;
+/// ... and about this many bytes.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Where a queued message's position (or the failure) goes.
+type Waiter = oneshot::Sender<Result<Position, BrokerError>>;
+
+/// The messages of one durable channel waiting for the script, and whether a task sends them.
+#[derive(Default)]
+pub(super) struct DurableQueue {
+    sending: bool,
+    waiting: Vec<(Vec<u8>, Waiter)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The script, loaded once per server (`EVALSHA`, then `SCRIPT LOAD` on `NOSCRIPT`).
 static PUBLISH_SCRIPT: LazyLock<redis::Script> =
@@ -29,6 +50,9 @@ pub(super) fn keys(channel_on_redis: &str) -> (String, String) {
 }
 
 impl RedisBroker {
+    /// Queues a message for the channel's stream and waits for its position. Messages queued
+    /// while a call of the script runs go together in the next call (one script call per
+    /// batch, not per message), in the order they were queued.
     pub(super) async fn publish_durable_on(
         &self,
         channel: &str,
@@ -40,14 +64,6 @@ impl RedisBroker {
                 "a durable channel's payload must be a JSON object (`{channel}`)"
             )));
         }
-        let on_redis = format!("{}{channel}", self.prefix);
-        let (stream, meta) = keys(&on_redis);
-        let (generation, mut conn) = self
-            .publisher
-            .get(&self.client, self.publish_timeout)
-            .await
-            .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
-        let ttl_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
         // The payload after its `{`, with a `,` first unless the object is empty: the script puts
         // the position in front.
         let rest = &payload[1..];
@@ -60,29 +76,113 @@ impl RedisBroker {
             tail.push(b',');
         }
         tail.extend_from_slice(rest);
-        let result: Result<(String, u64), RedisError> = PUBLISH_SCRIPT
-            .key(&stream)
-            .key(&meta)
-            .arg(&on_redis)
-            .arg(tail)
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut queues = lock(&self.durable_queues);
+            let queue = queues.entry(channel.to_owned()).or_default();
+            queue.waiting.push((tail, tx));
+            !std::mem::replace(&mut queue.sending, true)
+        };
+        if start {
+            // On a task of its own, so that the queue is sent even when this caller gives up.
+            tokio::spawn(self.clone().send_queue(channel.to_owned(), retention));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(BrokerError::Other(
+                "the durable publish was abandoned".to_owned(),
+            ))
+        })
+    }
+
+    /// Sends a channel's queue, batch after batch, until it is empty.
+    async fn send_queue(self, channel: String, retention: Retention) {
+        let on_redis = format!("{}{channel}", self.prefix);
+        let (stream, meta) = keys(&on_redis);
+        let ttl_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let batch: Vec<(Vec<u8>, Waiter)> = {
+                let mut queues = lock(&self.durable_queues);
+                let Some(queue) = queues.get_mut(&channel) else {
+                    return;
+                };
+                if queue.waiting.is_empty() {
+                    queues.remove(&channel);
+                    return;
+                }
+                // Up to MAX_BATCH messages and about MAX_BATCH_BYTES (at least one message).
+                let mut bytes = 0;
+                let n = queue
+                    .waiting
+                    .iter()
+                    .take(MAX_BATCH)
+                    .take_while(|(tail, _)| {
+                        bytes += tail.len();
+                        bytes <= MAX_BATCH_BYTES
+                    })
+                    .count()
+                    .max(1);
+                queue.waiting.drain(..n).collect()
+            };
+            let (tails, waiters): (Vec<Vec<u8>>, Vec<Waiter>) = batch.into_iter().unzip();
+            let result = self
+                .run_publish_script(&stream, &meta, &on_redis, &tails, retention, ttl_ms)
+                .await;
+            match result {
+                Ok((epoch, first)) => {
+                    tracing::trace!(channel, %epoch, first, messages = waiters.len(), "published on a durable channel");
+                    let epoch: Arc<str> = Arc::from(epoch);
+                    for (i, waiter) in (0_u64..).zip(waiters) {
+                        let _ = waiter.send(Ok(Position {
+                            epoch: epoch.clone(),
+                            offset: first + i,
+                        }));
+                    }
+                }
+                Err(error) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_publish_script(
+        &self,
+        stream: &str,
+        meta: &str,
+        on_redis: &str,
+        tails: &[Vec<u8>],
+        retention: Retention,
+        ttl_ms: u64,
+    ) -> Result<(String, u64), BrokerError> {
+        let (generation, mut conn) = self
+            .publisher
+            .get(&self.client, self.publish_timeout)
+            .await
+            .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
+        let mut invocation = PUBLISH_SCRIPT.key(stream);
+        invocation
+            .key(meta)
+            .arg(on_redis)
             .arg(retention.max_messages())
             .arg(ttl_ms)
-            .arg(&*self.epochs.next())
-            .invoke_async(&mut conn)
-            .await;
-        match result {
-            Ok((epoch, offset)) => {
-                tracing::trace!(channel, %epoch, offset, "published on a durable channel");
-                Ok(Position {
-                    epoch: Arc::from(epoch),
-                    offset,
-                })
-            }
-            Err(e) => {
+            .arg(&*self.epochs.next());
+        for tail in tails {
+            invocation.arg(tail.as_slice());
+        }
+        let call = invocation.invoke_async(&mut conn);
+        match tokio::time::timeout(self.publish_timeout, call).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
                 if e.is_unrecoverable_error() || e.is_io_error() || e.is_connection_dropped() {
                     self.publisher.discard(generation);
                 }
                 Err(classify(&e, &self.url, self.publish_timeout))
+            }
+            Err(_) => {
+                self.publisher.discard(generation);
+                Err(BrokerError::Timeout(self.publish_timeout))
             }
         }
     }

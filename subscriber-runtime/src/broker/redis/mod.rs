@@ -116,6 +116,8 @@ pub struct RedisBroker {
     reader: Arc<PublishSlot>,
     /// Epoch candidates for durable channels' new streams.
     epochs: Arc<crate::broker::durable::Epochs>,
+    /// Durable publishes waiting for the script, per channel (see `durable.rs`).
+    durable_queues: Arc<std::sync::Mutex<std::collections::HashMap<String, durable::DurableQueue>>>,
 }
 
 impl fmt::Debug for RedisBroker {

@@ -13,9 +13,14 @@ use switchboard::testing::{FaultProxy, SocketClient, TestServer};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 async fn server() -> TestServer {
+    server_on(switchboard::MemoryBroker::new()).await
+}
+
+async fn server_on(broker: impl switchboard::Broker) -> TestServer {
     TestServer::start(
         Switchboard::builder()
             .without_linked_handlers()
+            .broker(broker)
             .durable_rooms("live*", Retention::new().messages(10_000)),
     )
     .await
@@ -51,7 +56,17 @@ async fn join(
 
 #[tokio::test]
 async fn a_client_that_comes_back_gets_what_it_missed_in_order_then_live_frames() {
-    let server = server().await;
+    comes_back(server().await).await;
+}
+
+#[tokio::test]
+async fn the_same_on_redis() {
+    let redis = switchboard::testing::TestRedis::start().await.unwrap();
+    let namespace = format!("rooms-{}", std::process::id());
+    comes_back(server_on(redis.broker(&namespace).unwrap()).await).await;
+}
+
+async fn comes_back(server: TestServer) {
     let ws = server.websocket();
     let mut client = server.connect().await;
     let (_, joined) = join(&mut client, "live", None).await;

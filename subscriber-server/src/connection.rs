@@ -506,23 +506,28 @@ async fn join_room(ws: &WebSocket, conn: &Conn, data: &Value) {
             ))
         })
         .filter(|_| durable);
-    let position = match &since {
-        Some(_) => {
-            lock_cursors(conn).insert(room.to_owned(), crate::rooms_durable::RoomCursor::holding());
-            None
-        }
-        None if durable => Some(ws.room_position(room).await),
-        None => None,
-    };
+    // The client's live frames of the room wait while it catches up: from `since`, or (a fresh
+    // join) from the room's position read once it is a member, so that no frame falls between.
+    if durable {
+        lock_cursors(conn).insert(room.to_owned(), crate::rooms_durable::RoomCursor::holding());
+    }
     let joined = ws.join_with(id, room, user.clone());
     if joined.is_err() {
         lock_cursors(conn).remove(room);
     }
     match joined {
         Ok(_) => {
-            let recovery = match (&since, position) {
-                (Some((epoch, offset)), _) => Some(ws.catch_up(conn, room, epoch, *offset).await),
-                (None, position) => position,
+            let recovery = match &since {
+                Some((epoch, offset)) => Some(ws.catch_up(conn, room, epoch, *offset).await),
+                None if durable => {
+                    let now = ws.room_position(room).await;
+                    let epoch = now.epoch.as_deref().unwrap_or_default().to_owned();
+                    let mut caught = ws.catch_up(conn, room, &epoch, now.offset).await;
+                    // A fresh join recovers nothing: it starts here.
+                    caught.recovered = false;
+                    Some(caught)
+                }
+                None => None,
             };
             let mut reply_data = json!({
                 "roomName": room,
@@ -579,6 +584,7 @@ async fn leave_room(ws: &WebSocket, conn: &Conn, data: &Value) {
         );
         return;
     };
+    lock_cursors(conn).remove(room);
     match ws.leave_room(id, room).await {
         Ok(true) => {
             let pushed = Frame::json(

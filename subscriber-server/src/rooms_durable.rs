@@ -127,11 +127,15 @@ impl WebSocket {
             if let Some(cursor) = cursors.get_mut(room) {
                 if let Some(held) = &mut cursor.held {
                     if held.len() >= MAX_HELD {
+                        // It cannot keep up: closed (1013), rather than told it recovered with
+                        // a hole.
                         drop(cursors);
-                        self.count_slow_consumer(
-                            &conn,
-                            "too many frames held while it caught up on a room",
-                        );
+                        if conn.close(crate::client::DisconnectReason::SlowConsumer) {
+                            self.count_slow_consumer(
+                                &conn,
+                                "too many frames held while it caught up on a room",
+                            );
+                        }
                         continue;
                     }
                     held.push((at.epoch.clone(), at.offset, frame.clone()));
@@ -206,7 +210,7 @@ impl WebSocket {
             };
             let whole = read.epoch.as_deref() == Some(epoch)
                 && match read.entries.first() {
-                    Some((first, _)) => *first == recovery.offset + 1,
+                    Some((first, _)) => *first == recovery.offset.saturating_add(1),
                     None => read.last == recovery.offset,
                 };
             if !whole {

@@ -124,12 +124,13 @@ impl Switchboard {
     /// [`Error::Broker`] when the subscription cannot be made.
     pub async fn start(mut self) -> Result<Running, Error> {
         let shutdown = CancellationToken::new();
-        let resync = Arc::new(tokio::sync::Notify::new());
+        let resync = Arc::new(crate::broker::durable::Resync::default());
         let (inbox, rx) = Inbox::new(
             self.queue_capacity,
             self.counters.clone(),
             self.in_flight.clone(),
             resync.clone(),
+            self.shared.publisher.durable().clone(),
         );
         // Where each exact durable channel's stream is now, before subscribing: whatever is
         // published from here on is either received live or read by the catch-up below.
@@ -155,7 +156,7 @@ impl Switchboard {
             return Err(e.into());
         }
         // What was published between the baselines and the subscription.
-        resync.notify_one();
+        resync.everything();
         // Run-once handlers: a consumer per handler and channel, in the handler's group.
         for (index, channel) in self.dispatcher.once_channels() {
             let handler = &self.dispatcher.entries[index as usize].info.name;

@@ -55,10 +55,13 @@ impl Retention {
         self
     }
 
-    /// Deletes the history `age` after the last publish (at least 1 ms).
+    /// Deletes the history `age` after the last publish (at least 1 ms, at most 365 days).
     #[must_use]
     pub fn age(mut self, age: Duration) -> Self {
-        self.age = age.max(Duration::from_millis(1));
+        self.age = age.clamp(
+            Duration::from_millis(1),
+            Duration::from_secs(365 * 24 * 3600),
+        );
         self
     }
 
@@ -203,10 +206,13 @@ pub(crate) fn live_payload(position: &Position, stored: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How a live durable message starts.
+pub(crate) const LIVE_PREFIX: &[u8] = b"{\"streamEpoch\":\"";
+
 /// Splits a live durable message into its position and the stored payload (the bytes as they
 /// were published); `None` for any other payload.
 pub(crate) fn split_live(payload: &[u8]) -> Option<(Position, Bytes)> {
-    let rest = payload.strip_prefix(b"{\"streamEpoch\":\"")?;
+    let rest = payload.strip_prefix(LIVE_PREFIX)?;
     let end = rest.iter().position(|b| *b == b'"')?;
     let epoch = std::str::from_utf8(&rest[..end]).ok()?;
     if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -215,6 +221,9 @@ pub(crate) fn split_live(payload: &[u8]) -> Option<(Position, Bytes)> {
     let rest = rest[end + 1..].strip_prefix(b",\"streamOffset\":")?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     let offset: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    if offset == 0 {
+        return None;
+    }
     let rest = &rest[digits..];
     let rest = rest.strip_prefix(b",").unwrap_or(rest);
     let mut stored = Vec::with_capacity(rest.len() + 1);
@@ -227,6 +236,55 @@ pub(crate) fn split_live(payload: &[u8]) -> Option<(Position, Bytes)> {
         },
         Bytes::from(stored),
     ))
+}
+
+/// What the dispatcher must read again from durable channels' streams: everything (the broker
+/// reconnected, or the worker started), or the channels whose messages a full queue dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Resync {
+    all: std::sync::atomic::AtomicBool,
+    /// Channel → the first position dropped on it since the last catch-up.
+    lagging: std::sync::Mutex<HashMap<Arc<str>, Position>>,
+    pub(crate) notify: tokio::sync::Notify,
+}
+
+/// At most this many channels are remembered as lagging; beyond, everything is read again.
+const MAX_LAGGING: usize = 10_000;
+
+impl Resync {
+    /// Every channel with a cursor is read again.
+    pub(crate) fn everything(&self) {
+        self.all.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// A message of `channel` at `position` was dropped: the channel is read again.
+    pub(crate) fn dropped(&self, channel: &str, position: Position) {
+        let mut lagging = self
+            .lagging
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lagging.len() >= MAX_LAGGING && !lagging.contains_key(channel) {
+            drop(lagging);
+            self.everything();
+            return;
+        }
+        lagging.entry(Arc::from(channel)).or_insert(position);
+        drop(lagging);
+        self.notify.notify_one();
+    }
+
+    /// What to read again: whether everything, and the lagging channels.
+    pub(crate) fn take(&self) -> (bool, Vec<(Arc<str>, Position)>) {
+        let all = self.all.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let lagging = std::mem::take(
+            &mut *self
+                .lagging
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        (all, lagging.into_iter().collect())
+    }
 }
 
 /// A rule making channels durable.

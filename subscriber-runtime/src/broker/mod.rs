@@ -271,7 +271,9 @@ pub struct Inbox {
     counters: Arc<Counters>,
     in_flight: Arc<InFlight>,
     warn: Arc<RateLimit>,
-    resync: Arc<tokio::sync::Notify>,
+    resync: Arc<durable::Resync>,
+    /// The application's durable channels: only their messages carry a position.
+    durable: Arc<durable::DurableChannels>,
 }
 
 impl fmt::Debug for Inbox {
@@ -287,7 +289,8 @@ impl Inbox {
         capacity: usize,
         counters: Arc<Counters>,
         in_flight: Arc<InFlight>,
-        resync: Arc<tokio::sync::Notify>,
+        resync: Arc<durable::Resync>,
+        durable: Arc<durable::DurableChannels>,
     ) -> (Self, mpsc::Receiver<Incoming>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (
@@ -297,6 +300,7 @@ impl Inbox {
                 in_flight,
                 warn: Arc::new(RateLimit::new(Duration::from_secs(5))),
                 resync,
+                durable,
             },
             rx,
         )
@@ -307,11 +311,14 @@ impl Inbox {
     ///
     /// A live message of a durable channel (as a broker's script publishes it, its position
     /// first) is recognised here: the dispatcher gets its position and the payload as stored.
+    /// Only on the application's durable channels: elsewhere such a payload is an ordinary one.
     pub fn deliver(&self, channel: &str, payload: Bytes) -> bool {
-        match durable::split_live(&payload) {
-            Some((position, stored)) => self.deliver_at(channel, stored, Some(position)),
-            None => self.deliver_at(channel, payload, None),
+        if payload.starts_with(durable::LIVE_PREFIX) && self.durable.retention(channel).is_some() {
+            if let Some((position, stored)) = durable::split_live(&payload) {
+                return self.deliver_at(channel, stored, Some(position));
+            }
         }
+        self.deliver_at(channel, payload, None)
     }
 
     /// [`deliver`](Self::deliver) for a message whose position the broker already knows.
@@ -335,6 +342,10 @@ impl Inbox {
             }
             Err(mpsc::error::TrySendError::Full(item)) => {
                 self.in_flight.finish();
+                if let Some(position) = item.position.clone() {
+                    // Read again from the stream, even if nothing follows on this channel.
+                    self.resync.dropped(&item.channel, position);
+                }
                 Counters::inc(&self.counters.dropped_queue_full);
                 self.counters.metrics.dropped_queue_full.increment(1);
                 if let Some(suppressed) = self.warn.allow() {
@@ -359,6 +370,6 @@ impl Inbox {
     pub fn count_reconnect(&self) {
         Counters::inc(&self.counters.reconnects);
         self.counters.metrics.reconnects.increment(1);
-        self.resync.notify_one();
+        self.resync.everything();
     }
 }

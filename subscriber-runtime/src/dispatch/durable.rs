@@ -109,7 +109,7 @@ impl Dispatcher {
                     tracing::trace!(channel = %channel, %position, "durable message already handled");
                     return;
                 }
-                if position.offset > cursor.offset + 1 {
+                if position.offset > cursor.offset.saturating_add(1) {
                     self.recover(channel, Some(&position)).await;
                 }
             }
@@ -143,26 +143,30 @@ impl Dispatcher {
         loop {
             if let Some(until) = until {
                 if cursor.epoch.as_deref() == Some(&*until.epoch)
-                    && cursor.offset + 1 >= until.offset
+                    && cursor.offset.saturating_add(1) >= until.offset
                 {
                     return;
                 }
             }
             let Some(read) = self.read_with_retries(channel, cursor.offset).await else {
-                let missed = until.map_or(0, |u| u.offset.saturating_sub(cursor.offset + 1));
+                let missed = until.map_or(0, |u| {
+                    u.offset.saturating_sub(cursor.offset.saturating_add(1))
+                });
                 self.lost(channel, missed, "the stream could not be read");
                 return;
             };
             let Some(epoch) = read.epoch.clone() else {
                 // No stream (any more): nothing to read.
-                let missed = until.map_or(0, |u| u.offset.saturating_sub(cursor.offset + 1));
+                let missed = until.map_or(0, |u| {
+                    u.offset.saturating_sub(cursor.offset.saturating_add(1))
+                });
                 self.lost(channel, missed, "the stream expired");
                 return;
             };
             if let Some(until) = until {
                 if until.epoch != epoch {
                     // The stream started again after the live message: its epoch is gone.
-                    let missed = until.offset.saturating_sub(cursor.offset + 1);
+                    let missed = until.offset.saturating_sub(cursor.offset.saturating_add(1));
                     self.lost(channel, missed, "the stream started a new epoch since");
                     return;
                 }
@@ -194,7 +198,7 @@ impl Dispatcher {
                 if offset <= cursor.offset {
                     continue;
                 }
-                if offset > cursor.offset + 1 {
+                if offset > cursor.offset.saturating_add(1) {
                     self.lost(
                         channel,
                         offset - cursor.offset - 1,

@@ -189,7 +189,7 @@ impl Dispatcher {
     pub(crate) async fn run(
         self: Arc<Self>,
         mut rx: mpsc::Receiver<Incoming>,
-        resync: Arc<tokio::sync::Notify>,
+        resync: Arc<crate::broker::durable::Resync>,
         shutdown: CancellationToken,
         grace: Duration,
     ) {
@@ -197,8 +197,22 @@ impl Dispatcher {
             let item = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                () = resync.notified() => {
-                    for channel in self.cursors.channels() {
+                () = resync.notify.notified() => {
+                    let (all, lagging) = resync.take();
+                    let mut channels = if all { self.cursors.channels() } else { Vec::new() };
+                    for (channel, position) in lagging {
+                        // A channel first seen through a dropped message starts just before it.
+                        if self.cursors.get(&channel).is_none() {
+                            self.cursors.set(&channel, Cursor {
+                                epoch: Some(position.epoch.clone()),
+                                offset: position.offset.saturating_sub(1),
+                            });
+                        }
+                        if !all {
+                            channels.push(channel);
+                        }
+                    }
+                    for channel in channels {
                         self.in_flight.start();
                         let job = Job { work: Work::CatchUp, received: Instant::now(), _pending: None };
                         self.enqueue(channel, job).await;

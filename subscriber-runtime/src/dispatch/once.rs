@@ -128,7 +128,9 @@ impl Dispatcher {
         }
     }
 
-    /// Runs the handler for each entry, in order, then acknowledges them.
+    /// Runs the handler for each entry, in order, acknowledging each as soon as its run ends (so
+    /// that no entry waits for the others of its batch, and none is claimed while this worker is
+    /// alive and the run is within its timeout).
     async fn run_entries(
         &self,
         index: u32,
@@ -136,58 +138,61 @@ impl Dispatcher {
         consumer: &mut dyn GroupConsumer,
         entries: Vec<GroupEntry>,
     ) {
-        if entries.is_empty() {
-            return;
-        }
         let entry = &self.entries[index as usize];
-        let mut done = Vec::with_capacity(entries.len());
         for e in entries {
-            done.push(e.position.offset);
-            if e.claimed {
-                Counters::inc(&self.counters.once_claimed);
-                self.counters.metrics.once_claimed.increment(1);
-                tracing::info!(
+            let offset = e.position.offset;
+            self.run_entry(index, channel, e).await;
+            if let Err(error) = consumer.ack(vec![offset]).await {
+                tracing::warn!(
                     handler = %entry.info.name,
                     channel = %channel,
-                    position = %e.position,
-                    worker_id = %self.config.worker_id,
-                    "run-once message taken over from a worker that held it too long (it may have run there too)"
+                    offset,
+                    %error,
+                    "run-once handler: acknowledging failed; the message will be taken over and run again"
                 );
             }
-            let parsed = match envelope::parse(&e.payload, &self.config.limits) {
-                Ok(parsed) => parsed,
-                Err(error) => {
-                    Counters::inc(&self.counters.invalid_payloads);
-                    tracing::warn!(channel = %channel, %error, "invalid payload in a run-once handler's stream: skipped");
-                    continue;
-                }
-            };
-            let mut delivery = Delivery::new(channel.clone(), parsed, e.payload);
-            delivery.position = Some(e.position);
-            delivery.recovered = e.claimed;
-            if entry.has_predicate() && !self.predicates_match(entry, &delivery) {
-                continue;
-            }
-            let cx = Context {
-                delivery: Arc::new(delivery),
-                shared: self.shared.clone(),
-            };
-            let started = Instant::now();
-            let outcome = self.run_handler(index, entry, cx, channel).await;
-            self.observe(|| DispatchEvent::Ran {
-                handler: entry.info.name.to_string(),
-                channel: channel.clone(),
-                outcome: outcome.clone(),
-                elapsed: started.elapsed(),
-            });
         }
-        if let Err(error) = consumer.ack(done).await {
-            tracing::warn!(
+    }
+
+    /// One entry's run (nothing for an invalid payload or a predicate that does not match).
+    async fn run_entry(&self, index: u32, channel: &Arc<str>, e: GroupEntry) {
+        let entry = &self.entries[index as usize];
+        if e.claimed {
+            Counters::inc(&self.counters.once_claimed);
+            self.counters.metrics.once_claimed.increment(1);
+            tracing::info!(
                 handler = %entry.info.name,
                 channel = %channel,
-                %error,
-                "run-once handler: acknowledging failed; these messages will be taken over and run again"
+                position = %e.position,
+                worker_id = %self.config.worker_id,
+                "run-once message taken over from a worker that held it too long (it may have run there too)"
             );
         }
+        let parsed = match envelope::parse(&e.payload, &self.config.limits) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                Counters::inc(&self.counters.invalid_payloads);
+                tracing::warn!(channel = %channel, %error, "invalid payload in a run-once handler's stream: skipped");
+                return;
+            }
+        };
+        let mut delivery = Delivery::new(channel.clone(), parsed, e.payload);
+        delivery.position = Some(e.position);
+        delivery.recovered = e.claimed;
+        if entry.has_predicate() && !self.predicates_match(entry, &delivery) {
+            return;
+        }
+        let cx = Context {
+            delivery: Arc::new(delivery),
+            shared: self.shared.clone(),
+        };
+        let started = Instant::now();
+        let outcome = self.run_handler(index, entry, cx, channel).await;
+        self.observe(|| DispatchEvent::Ran {
+            handler: entry.info.name.to_string(),
+            channel: channel.clone(),
+            outcome: outcome.clone(),
+            elapsed: started.elapsed(),
+        });
     }
 }

@@ -96,6 +96,17 @@ impl RedisBroker {
 
     /// Sends a channel's queue, batch after batch, until it is empty.
     async fn send_queue(self, channel: String, retention: Retention) {
+        /// Should this task end before the queue is empty (its runtime stopped), the next publish
+        /// starts another.
+        struct Sending<'a>(&'a RedisBroker, &'a str);
+        impl Drop for Sending<'_> {
+            fn drop(&mut self) {
+                if let Some(queue) = lock(&self.0.durable_queues).get_mut(self.1) {
+                    queue.sending = false;
+                }
+            }
+        }
+        let _sending = Sending(&self, &channel);
         let on_redis = format!("{}{channel}", self.prefix);
         let (stream, meta) = keys(&on_redis);
         let ttl_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
@@ -105,6 +116,9 @@ impl RedisBroker {
                 let Some(queue) = queues.get_mut(&channel) else {
                     return;
                 };
+                // A caller that gave up (its timeout) was told the publish failed: its message
+                // is not sent after all.
+                queue.waiting.retain(|(_, waiter)| !waiter.is_closed());
                 if queue.waiting.is_empty() {
                     queues.remove(&channel);
                     return;

@@ -222,14 +222,12 @@ impl Broker for RedisBroker {
         let channel = channel.to_owned();
         Box::pin(async move {
             self.check_config()?;
+            // The script's call has its own timeout (and replaces a stuck connection); this one
+            // also bounds the wait in the channel's queue.
             let work = self.publish_durable_on(&channel, &payload, retention);
-            match tokio::time::timeout(self.publish_timeout, work).await {
-                Ok(result) => result,
-                Err(_) => {
-                    self.publisher.discard_all();
-                    Err(BrokerError::Timeout(self.publish_timeout))
-                }
-            }
+            tokio::time::timeout(self.publish_timeout, work)
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(self.publish_timeout)))
         })
     }
 

@@ -2,8 +2,10 @@
 //! required): `cargo bench --bench durable_cost`.
 //!
 //! One process runs a publishing worker and a subscribing worker (one handler that counts); each
-//! run publishes `DURABLE_COST_MESSAGES` messages (default 50,000, about 100 bytes) 64 at a time
-//! and waits until the subscriber has handled them all. Reported per message: this process's CPU
+//! run publishes `DURABLE_COST_MESSAGES` messages (default 50,000, about 100 bytes),
+//! `DURABLE_COST_CONCURRENCY` at a time (default 64; 1 is the worst case for a durable channel,
+//! whose publishes then never share a call of the script), and waits until the subscriber has
+//! handled them all. Reported per message: this process's CPU
 //! (publish + receive + dispatch, user + system, from `/proc/self/stat`), Redis's CPU
 //! (`INFO cpu`), and the wall time; plain and durable alternate, `DURABLE_COST_RUNS` times each
 //! (default 3), and the medians are printed. Then Redis's memory per retained message: `MEMORY
@@ -51,7 +53,7 @@ struct Run {
     wall_us: f64,
 }
 
-async fn run(url: &str, durable: bool, messages: u64, round: usize) -> Run {
+async fn run(url: &str, durable: bool, messages: u64, round: usize, concurrency: u64) -> Run {
     let namespace = format!("durable-cost-{}-{round}-{durable}", std::process::id());
     let broker = RedisBroker::from_url(url).unwrap().namespace(namespace);
     let retention = Retention::new().messages(messages + 1);
@@ -94,7 +96,7 @@ async fn run(url: &str, durable: bool, messages: u64, round: usize) -> Run {
     );
     let mut n = 0;
     while n < messages {
-        let batch = (messages - n).min(64);
+        let batch = (messages - n).min(concurrency);
         let sends = (n..n + batch).map(|i| {
             let publisher = publisher.clone();
             let message = json!({"n": i, "pad": padding});
@@ -143,13 +145,18 @@ async fn main() {
         .ok()
         .and_then(|m| m.parse().ok())
         .unwrap_or(3);
+    let concurrency: u64 = std::env::var("DURABLE_COST_CONCURRENCY")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(64)
+        .max(1);
     // One warm-up of each, not counted.
-    run(&url, false, messages / 10, 0).await;
-    run(&url, true, messages / 10, 0).await;
+    run(&url, false, messages / 10, 0, concurrency).await;
+    run(&url, true, messages / 10, 0, concurrency).await;
     let (mut plain, mut durable) = (Vec::new(), Vec::new());
     for round in 1..=runs {
-        plain.push(run(&url, false, messages, round).await);
-        durable.push(run(&url, true, messages, round).await);
+        plain.push(run(&url, false, messages, round, concurrency).await);
+        durable.push(run(&url, true, messages, round, concurrency).await);
     }
     let show = |name: &str, runs: &[Run]| {
         let p = median(runs.iter().map(|r| r.process_us).collect());
@@ -163,7 +170,7 @@ async fn main() {
         );
         (p, r)
     };
-    println!("{messages} messages per run, {runs} runs each, medians:");
+    println!("{messages} messages per run, {concurrency} at a time, {runs} runs each, medians:");
     let (pp, pr) = show("plain", &plain);
     let (dp, dr) = show("durable", &durable);
     println!(

@@ -226,27 +226,61 @@ async fn a_full_queue_drops_nothing_on_a_durable_channel() {
     assert_eq!(stats.durable_lost, 0);
 }
 
-#[tokio::test]
-async fn what_was_published_during_an_outage_is_read_after_the_reconnect_without_a_new_message() {
+/// A worker behind a [`FaultProxy`] on `channel` and a publisher beside it (not behind the
+/// proxy), once the worker has handled a first message (`n: 0`, offset 1).
+struct CutOff {
+    redis: TestRedis,
+    proxy: FaultProxy,
+    ns: String,
+    victim: Running,
+    log: Log,
+    source: Running,
+    /// The first message's position.
+    first: switchboard::broker::Position,
+}
+
+async fn cut_off(test: &str, channel: &str, retention: Retention) -> CutOff {
     let redis = TestRedis::start().await.unwrap();
     let proxy = FaultProxy::start(redis.addr()).await.unwrap();
-    let ns = namespace("outage");
+    let ns = namespace(test);
     let behind_proxy = RedisBroker::from_url(&format!("redis://{}", proxy.addr()))
         .unwrap()
         .namespace(ns.clone())
         .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
-    let (victim, log) = worker(behind_proxy, "audit", Retention::default()).await;
-    let source = publisher(redis.broker(&ns).unwrap(), "audit", Retention::default()).await;
-    source
+    let (victim, log) = worker(behind_proxy, channel, retention).await;
+    let source = publisher(redis.broker(&ns).unwrap(), channel, retention).await;
+    let first = source
         .publisher()
-        .publish("audit", &json!({"n": 0}))
+        .publish_durable(channel, &json!({"n": 0}))
         .await
-        .unwrap();
+        .unwrap()
+        .expect("a durable channel");
     eventually("the first message", Duration::from_secs(10), || {
         handled(&log) == [0]
     })
     .await;
+    CutOff {
+        redis,
+        proxy,
+        ns,
+        victim,
+        log,
+        source,
+        first,
+    }
+}
 
+#[tokio::test]
+async fn what_was_published_during_an_outage_is_read_after_the_reconnect_without_a_new_message() {
+    // (`_redis`: a mock Redis stops when its handle goes.)
+    let CutOff {
+        redis: _redis,
+        proxy,
+        victim,
+        log,
+        source,
+        ..
+    } = cut_off("outage", "audit", Retention::default()).await;
     proxy.cut_for(Duration::from_millis(500));
     for n in 1..=20 {
         source
@@ -305,25 +339,15 @@ async fn a_worker_that_starts_later_begins_at_the_stream_s_end_and_misses_nothin
 
 #[tokio::test]
 async fn a_stream_that_starts_again_is_read_from_its_new_start() {
-    let redis = TestRedis::start().await.unwrap();
-    let proxy = FaultProxy::start(redis.addr()).await.unwrap();
-    let ns = namespace("epoch");
-    let behind_proxy = RedisBroker::from_url(&format!("redis://{}", proxy.addr()))
-        .unwrap()
-        .namespace(ns.clone())
-        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
-    let (victim, log) = worker(behind_proxy, "epochs", Retention::default()).await;
-    let source = publisher(redis.broker(&ns).unwrap(), "epochs", Retention::default()).await;
-    let first = source
-        .publisher()
-        .publish_durable("epochs", &json!({"n": 0}))
-        .await
-        .unwrap()
-        .unwrap();
-    eventually("the first message", Duration::from_secs(10), || {
-        handled(&log) == [0]
-    })
-    .await;
+    let CutOff {
+        redis,
+        proxy,
+        ns,
+        victim,
+        log,
+        source,
+        first,
+    } = cut_off("epoch", "epochs", Retention::default()).await;
 
     // While the worker is away, the stream is lost (as when Redis restarts without its data)
     // and a new one begins.
@@ -360,25 +384,15 @@ async fn a_stream_that_starts_again_is_read_from_its_new_start() {
 
 #[tokio::test]
 async fn what_the_retention_trimmed_is_counted_as_lost_and_the_rest_handled_in_order() {
-    let redis = TestRedis::start().await.unwrap();
-    let proxy = FaultProxy::start(redis.addr()).await.unwrap();
-    let ns = namespace("trim");
-    let retention = Retention::new().messages(10);
-    let behind_proxy = RedisBroker::from_url(&format!("redis://{}", proxy.addr()))
-        .unwrap()
-        .namespace(ns.clone())
-        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
-    let (victim, log) = worker(behind_proxy, "short", retention).await;
-    let source = publisher(redis.broker(&ns).unwrap(), "short", retention).await;
-    source
-        .publisher()
-        .publish("short", &json!({"n": 0}))
-        .await
-        .unwrap();
-    eventually("the first message", Duration::from_secs(10), || {
-        handled(&log) == [0]
-    })
-    .await;
+    // (`_redis`: a mock Redis stops when its handle goes.)
+    let CutOff {
+        redis: _redis,
+        proxy,
+        victim,
+        log,
+        source,
+        ..
+    } = cut_off("trim", "short", Retention::new().messages(10)).await;
     proxy.cut_for(Duration::from_millis(500));
     for n in 1..=300 {
         source

@@ -1363,8 +1363,7 @@ const STREAM_SCRIPT: &[&[&str]] = &[
 
 #[tokio::test]
 async fn stream_replies_match_a_real_redis() {
-    let Some(real) = RealRedis::start().await else {
-        eprintln!("redis-server is not on PATH: skipping the comparison with a real Redis");
+    let Some(real) = RealRedis::for_comparison().await else {
         return;
     };
     let mock = MockRedis::start().await;
@@ -1510,8 +1509,7 @@ async fn compare_durable_step(
 
 #[tokio::test]
 async fn durable_publish_matches_the_real_script_on_a_real_redis() {
-    let Some(real_redis) = RealRedis::start().await else {
-        eprintln!("redis-server is not on PATH: skipping the comparison with a real Redis");
+    let Some(real_redis) = RealRedis::for_comparison().await else {
         return;
     };
     let mock_redis = MockRedis::start().await;

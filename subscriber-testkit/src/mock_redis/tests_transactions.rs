@@ -367,8 +367,23 @@ impl Drop for RealRedis {
 }
 
 impl RealRedis {
+    /// A real server for a comparison test: `None` (the test then has nothing to compare with,
+    /// and says so) when `redis-server` is not on `PATH`. Where `REDIS_URL` is set (CI, which
+    /// installs Redis), a missing server fails the test instead of skipping the comparison.
+    pub(super) async fn for_comparison() -> Option<Self> {
+        let real = Self::start().await;
+        if real.is_none() {
+            assert!(
+                std::env::var_os("REDIS_URL").is_none(),
+                "REDIS_URL is set but redis-server could not be started: the mock cannot be compared with a real Redis"
+            );
+            eprintln!("redis-server is not on PATH: skipping the comparison with a real Redis");
+        }
+        real
+    }
+
     /// Starts `redis-server` when it is on `PATH`.
-    pub(super) async fn start() -> Option<Self> {
+    async fn start() -> Option<Self> {
         let binary = std::env::split_paths(&std::env::var_os("PATH")?)
             .map(|dir| dir.join("redis-server"))
             .find(|path| path.is_file())?;
@@ -559,8 +574,7 @@ const SCRIPT: &[&[&str]] = &[
 
 #[tokio::test]
 async fn replies_match_a_real_redis() {
-    let Some(real) = RealRedis::start().await else {
-        eprintln!("redis-server is not on PATH: skipping the comparison with a real Redis");
+    let Some(real) = RealRedis::for_comparison().await else {
         return;
     };
     let mock = MockRedis::start().await;

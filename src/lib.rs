@@ -131,6 +131,7 @@ pub mod testing {
 /// | `priority` | an `i32`; higher runs first | `0` |
 /// | `timeout` | a string: a positive whole number followed by `ms`, `s` or `m` (`"250ms"`, `"5s"`, `"2m"`; no hours, no fractions); a run that takes longer, its layers included, is cancelled and counted as timed out; [`Builder::handler_timeout_for`] overrides it | [`Builder::handler_timeout`] (30 s) |
 /// | `durable` | a flag: the handler's channels (exact, glob or regex) are [durable](Builder::durable), with the default [`Retention`](broker::Retention) unless the builder gives one | not durable |
+/// | `once` | a flag: the handler runs on one worker per message (exact channels only; they become durable), see [`Subscriber::once`] | every worker |
 /// | `layer` | a tower layer expression (`switchboard::tower::limit::ConcurrencyLimitLayer::new(4)`, `my_layers::audit()`), or an array of them, the first one outermost; evaluated when the application is built | none |
 /// | `name` | a string | the function's name |
 /// | `description` | a string | the doc comment |

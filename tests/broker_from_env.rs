@@ -1,4 +1,4 @@
-//! `Builder::broker_from_env` reads `REDIS_URL` / `REDIS_NAMESPACE`. Environment variables belong
+//! `Builder::broker_from_env` reads `REDIS_CLUSTER_URLS`, `REDIS_URL` and `REDIS_NAMESPACE`. Environment variables belong
 //! to the whole process, so this is its own test binary with a single test that sets them in turn.
 
 use switchboard::testing::MockRedis;
@@ -18,6 +18,7 @@ fn builder() -> switchboard::Builder {
 #[tokio::test]
 async fn broker_from_env_picks_redis_or_the_in_process_broker() {
     // Unset or blank: the in-process broker.
+    std::env::remove_var("REDIS_CLUSTER_URLS");
     std::env::remove_var("REDIS_URL");
     let app = builder().broker_from_env().unwrap().build().unwrap();
     assert_eq!(broker_kind(&app), "memory");
@@ -53,4 +54,33 @@ async fn broker_from_env_picks_redis_or_the_in_process_broker() {
     running.shutdown().await;
     std::env::remove_var("REDIS_URL");
     std::env::remove_var("REDIS_NAMESPACE");
+
+    // Cluster seed nodes win over REDIS_URL.
+    std::env::set_var("REDIS_URL", redis.url());
+    std::env::set_var(
+        "REDIS_CLUSTER_URLS",
+        "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+    );
+    let app = builder().broker_from_env().unwrap().build().unwrap();
+    assert_eq!(broker_kind(&app), "redis-cluster");
+    std::env::set_var("REDIS_CLUSTER_PARTITIONS", "many");
+    match builder().broker_from_env() {
+        Err(Error::Broker(BrokerError::Config(reason))) => {
+            assert!(reason.contains("REDIS_CLUSTER_PARTITIONS"), "{reason}")
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    std::env::set_var("REDIS_CLUSTER_PARTITIONS", "64");
+    let app = builder().broker_from_env().unwrap().build().unwrap();
+    assert_eq!(broker_kind(&app), "redis-cluster");
+    std::env::set_var("REDIS_CLUSTER_URLS", "redis://127.0.0.1:7000,http://nope/");
+    match builder().broker_from_env() {
+        Err(Error::Broker(BrokerError::Config(reason))) => {
+            assert!(reason.contains("http://nope/"), "{reason}")
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    std::env::remove_var("REDIS_CLUSTER_URLS");
+    std::env::remove_var("REDIS_CLUSTER_PARTITIONS");
+    std::env::remove_var("REDIS_URL");
 }

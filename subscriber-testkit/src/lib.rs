@@ -151,6 +151,10 @@ impl Broker for Recording {
         self.inner.kind()
     }
 
+    fn has_streams(&self) -> bool {
+        self.inner.has_streams()
+    }
+
     fn presence(&self) -> Option<Arc<dyn subscriber_runtime::broker::PresenceStore>> {
         self.inner.presence()
     }

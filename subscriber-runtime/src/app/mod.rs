@@ -116,20 +116,43 @@ impl Builder {
         self
     }
 
-    /// Picks the broker from the environment: a
-    /// [`RedisBroker`](crate::broker::RedisBroker) on `REDIS_URL` when it is set and not empty
-    /// (namespaced with `REDIS_NAMESPACE` when that is set and not empty), otherwise the
-    /// in-process [`MemoryBroker`].
+    /// Picks the broker from the environment:
+    /// - a [`RedisClusterBroker`](crate::broker::RedisClusterBroker) on the seed nodes of
+    ///   `REDIS_CLUSTER_URLS` (URLs separated by commas or spaces) when it is set and not empty,
+    ///   with `REDIS_CLUSTER_PARTITIONS` partitions when that is set;
+    /// - else a [`RedisBroker`](crate::broker::RedisBroker) on `REDIS_URL` when it is set and not
+    ///   empty;
+    /// - else the in-process [`MemoryBroker`].
+    ///
+    /// Either Redis broker is namespaced with `REDIS_NAMESPACE` when that is set and not empty.
     ///
     /// # Errors
     /// [`Error::Broker`] with [`BrokerError::Config`](crate::BrokerError::Config) when
-    /// `REDIS_URL` is not a valid Redis URL.
+    /// `REDIS_URL` or `REDIS_CLUSTER_URLS` holds an invalid URL, or `REDIS_CLUSTER_PARTITIONS` is
+    /// not a number from 1 to 1024.
     pub fn broker_from_env(self) -> Result<Self, Error> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let namespace = var("REDIS_NAMESPACE");
+        if let Some(urls) = var("REDIS_CLUSTER_URLS") {
+            let urls = urls.split([',', ' ', '\n', '\t']).filter(|u| !u.is_empty());
+            let mut broker = crate::broker::RedisClusterBroker::from_urls(urls)?;
+            if let Some(count) = var("REDIS_CLUSTER_PARTITIONS") {
+                let count = count.trim().parse::<usize>().map_err(|_| {
+                    crate::BrokerError::Config(format!(
+                        "REDIS_CLUSTER_PARTITIONS={count:?} is not a number: give the number of partitions, e.g. 128"
+                    ))
+                })?;
+                broker = broker.partitions(count);
+            }
+            if let Some(namespace) = namespace {
+                broker = broker.namespace(namespace.trim());
+            }
+            return Ok(self.broker(broker));
+        }
         match var("REDIS_URL") {
             Some(url) => {
                 let mut broker = crate::broker::RedisBroker::from_url(&url)?;
-                if let Some(namespace) = var("REDIS_NAMESPACE") {
+                if let Some(namespace) = namespace {
                     broker = broker.namespace(namespace.trim());
                 }
                 Ok(self.broker(broker))

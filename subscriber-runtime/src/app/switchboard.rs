@@ -123,6 +123,13 @@ impl Switchboard {
     /// # Errors
     /// [`Error::Broker`] when the subscription cannot be made.
     pub async fn start(mut self) -> Result<Running, Error> {
+        if !self.shared.publisher.durable().is_empty() && !self.broker.has_streams() {
+            return Err(crate::BrokerError::Config(format!(
+                "this application has durable channels or run-once handlers, which need a broker with streams; the {} broker has none: use the Redis broker (REDIS_URL) or the in-process one",
+                self.broker.kind()
+            ))
+            .into());
+        }
         let shutdown = CancellationToken::new();
         let resync = Arc::new(crate::broker::durable::Resync::default());
         let (inbox, rx) = Inbox::new(

@@ -360,8 +360,7 @@ impl DurableChannels {
             .unwrap_or_default()
     }
 
-    /// Whether any channel is durable.
-    #[cfg(test)]
+    /// Whether no channel is durable.
     pub(crate) fn is_empty(&self) -> bool {
         self.rules
             .get()

@@ -114,6 +114,10 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    fn has_streams(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }

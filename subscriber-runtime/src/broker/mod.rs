@@ -27,7 +27,7 @@ mod redis;
 
 pub use self::durable::{GroupConsumer, GroupEntry, Position, Retention, StreamRead};
 pub use self::presence::PresenceStore;
-pub use self::redis::RedisBroker;
+pub use self::redis::{RedisBroker, RedisClusterBroker};
 pub use memory::MemoryBroker;
 
 /// A transport between workers: publish to a channel, and deliver what the worker subscribed to
@@ -57,6 +57,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// worker then sees its own clients only.
     fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
         None
+    }
+
+    /// Whether this broker keeps streams, so that it can carry
+    /// [durable channels](crate::Builder::durable) and run-once handlers. An application with
+    /// durable channels refuses to start on a broker without them. The default: `false`.
+    fn has_streams(&self) -> bool {
+        false
     }
 
     /// Appends `payload` (a JSON object's text) to the stream of the durable `channel`, trimmed

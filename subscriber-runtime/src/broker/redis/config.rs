@@ -8,13 +8,13 @@ use super::{Backoff, RedisBroker};
 use crate::error::BrokerError;
 
 /// Default time a [`publish`](super::Broker::publish) may take, connecting included.
-const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time connecting and subscribing may take.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default period of the `PING` that detects a silently dead subscriber connection.
-const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Default first reconnect delay.
-const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+pub(super) const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Default longest reconnect delay.
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -66,21 +66,12 @@ impl RedisBroker {
     /// [`BrokerError::Config`] when the application starts or publishes.
     #[must_use]
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        let namespace = namespace.into();
-        let name = namespace.strip_suffix(':').unwrap_or(&namespace);
-        self.invalid_namespace = None;
-        if name.is_empty() {
-            self.prefix = "".into();
-        } else if let Err(e) = subscriber_patterns::validate_channel(name) {
-            self.invalid_namespace = Some(
-                format!(
-                    "invalid Redis namespace {namespace:?}: {}",
-                    e.message().replacen("channel name", "namespace", 1)
-                )
-                .into(),
-            );
-        } else {
-            self.prefix = format!("{name}:").into();
+        match namespace_prefix(&namespace.into()) {
+            Ok(prefix) => {
+                self.prefix = prefix;
+                self.invalid_namespace = None;
+            }
+            Err(reason) => self.invalid_namespace = Some(reason),
         }
         self
     }
@@ -123,8 +114,24 @@ impl RedisBroker {
     }
 }
 
+/// The prefix for `namespace` (`"app1:"`, or `""` for none), or why it is unusable.
+pub(super) fn namespace_prefix(namespace: &str) -> Result<Arc<str>, Arc<str>> {
+    let name = namespace.strip_suffix(':').unwrap_or(namespace);
+    if name.is_empty() {
+        return Ok("".into());
+    }
+    match subscriber_patterns::validate_channel(name) {
+        Ok(()) => Ok(format!("{name}:").into()),
+        Err(e) => Err(format!(
+            "invalid Redis namespace {namespace:?}: {}",
+            e.message().replacen("channel name", "namespace", 1)
+        )
+        .into()),
+    }
+}
+
 /// The URL with its password replaced by `***`.
-fn redact(url: &str) -> String {
+pub(super) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

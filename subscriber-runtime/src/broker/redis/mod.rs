@@ -21,6 +21,7 @@ use super::{Broker, Inbox, Position, PresenceStore, Retention, StreamRead, Subsc
 use crate::error::BrokerError;
 
 mod backoff;
+mod cluster;
 mod config;
 mod durable;
 mod group;
@@ -29,6 +30,7 @@ mod publisher;
 mod subscriber;
 
 use self::backoff::Backoff;
+pub use self::cluster::RedisClusterBroker;
 use self::publisher::PublishSlot;
 use self::subscriber::{Plan, Reader};
 
@@ -203,6 +205,10 @@ impl Broker for RedisBroker {
             tokio::spawn(reader.run(connection));
             Ok(())
         })
+    }
+
+    fn has_streams(&self) -> bool {
+        true
     }
 
     fn kind(&self) -> &'static str {

@@ -1,0 +1,297 @@
+//! One subscriber connection to one primary of the cluster: it carries the partitions that node
+//! owns, hands their messages over, and reports every confirmation, refusal, unsolicited
+//! `sunsubscribe` and loss to the supervisor.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::resp::{Frame, Resp};
+
+/// What a node connection tells the supervisor.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// Redis confirmed `SSUBSCRIBE` of `channel`.
+    Subscribed { node: Arc<str>, channel: Bytes },
+    /// Redis says `channel` is no longer subscribed: the answer to our `SUNSUBSCRIBE`, or
+    /// unsolicited (its slot moved to another node, or the node became a replica).
+    Unsubscribed { node: Arc<str>, channel: Bytes },
+    /// Redis refused `SSUBSCRIBE` of `channel` (`MOVED`, `CLUSTERDOWN`, ...).
+    Refused {
+        node: Arc<str>,
+        channel: Bytes,
+        error: String,
+    },
+    /// The connection could not be opened, or was lost.
+    Lost {
+        node: Arc<str>,
+        /// Which connection to `node` (a newer one may have replaced it).
+        id: u64,
+        reason: String,
+    },
+}
+
+/// What the supervisor asks of a node connection.
+#[derive(Debug)]
+pub(super) enum Command {
+    Subscribe(Bytes),
+    Unsubscribe(Bytes),
+}
+
+/// How to open and watch a node connection.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) connect_timeout: Duration,
+    pub(super) ping_interval: Duration,
+}
+
+/// Where a partition's messages go (the broker unframes, filters and delivers them).
+pub(super) type Deliver = Arc<dyn Fn(Bytes) + Send + Sync>;
+
+/// A node connection's handle: dropping it closes the connection.
+#[derive(Debug)]
+pub(super) struct Node {
+    tx: mpsc::UnboundedSender<Command>,
+    pub(super) id: u64,
+}
+
+impl Node {
+    /// Opens a connection to `addr` (`host:port`) in a task of its own. Commands sent before it
+    /// is connected wait for it.
+    pub(super) fn spawn(
+        addr: Arc<str>,
+        settings: Settings,
+        deliver: Deliver,
+        events: mpsc::UnboundedSender<Event>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = Task {
+            addr,
+            id,
+            settings,
+            deliver,
+            events,
+            shutdown,
+        };
+        tokio::spawn(task.run(rx));
+        Self { tx, id }
+    }
+
+    pub(super) fn send(&self, command: Command) {
+        // A task that ended has reported its loss already.
+        let _ = self.tx.send(command);
+    }
+}
+
+/// A command Redis has not answered yet.
+#[derive(Debug)]
+enum Pending {
+    Subscribe(Bytes),
+    Unsubscribe(Bytes),
+    Ping,
+}
+
+struct Task {
+    addr: Arc<str>,
+    id: u64,
+    settings: Settings,
+    deliver: Deliver,
+    events: mpsc::UnboundedSender<Event>,
+    shutdown: CancellationToken,
+}
+
+type Connection = Framed<TcpStream, Resp>;
+
+impl Task {
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let connected = tokio::select! {
+            () = self.shutdown.cancelled() => return,
+            connected = tokio::time::timeout(self.settings.connect_timeout, self.connect()) => connected,
+        };
+        let connection = match connected {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(reason)) => return self.lost(reason),
+            Err(_) => {
+                let timeout = self.settings.connect_timeout;
+                return self.lost(format!("no connection within {timeout:?}"));
+            }
+        };
+        if let Err(reason) = self.pump(connection, &mut commands).await {
+            self.lost(reason);
+        }
+    }
+
+    fn lost(&self, reason: String) {
+        let _ = self.events.send(Event::Lost {
+            node: self.addr.clone(),
+            id: self.id,
+            reason,
+        });
+    }
+
+    async fn connect(&self) -> Result<Connection, String> {
+        let stream = TcpStream::connect(&*self.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut connection = Framed::new(stream, Resp);
+        if let Some(password) = &self.settings.password {
+            let mut auth = vec![Bytes::from_static(b"AUTH")];
+            if let Some(user) = &self.settings.username {
+                auth.push(Bytes::from(user.clone()));
+            }
+            auth.push(Bytes::from(password.clone()));
+            connection
+                .send(auth)
+                .await
+                .map_err(|e| format!("AUTH: {e}"))?;
+            match connection.next().await {
+                Some(Ok(Frame::Simple(_))) => {}
+                Some(Ok(Frame::Error(e))) => return Err(format!("AUTH refused: {e}")),
+                Some(Ok(other)) => return Err(format!("AUTH answered {other:?}")),
+                Some(Err(e)) => return Err(format!("AUTH: {e}")),
+                None => return Err("closed during AUTH".to_owned()),
+            }
+        }
+        Ok(connection)
+    }
+
+    /// Runs the connection until it is lost (`Err`), the supervisor drops it or the application
+    /// stops (`Ok`).
+    async fn pump(
+        &self,
+        mut connection: Connection,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), String> {
+        let interval = self.settings.ping_interval;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut ping_outstanding = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    // Closing the connection ends its subscriptions; say so first when it is quick.
+                    let goodbye = connection.send(vec![Bytes::from_static(b"SUNSUBSCRIBE")]);
+                    let _ = tokio::time::timeout(Duration::from_millis(200), goodbye).await;
+                    return Ok(());
+                }
+                command = commands.recv() => {
+                    let (verb, channel, expect) = match command {
+                        None => return Ok(()),
+                        Some(Command::Subscribe(c)) => ("SSUBSCRIBE", c.clone(), Pending::Subscribe(c)),
+                        Some(Command::Unsubscribe(c)) => ("SUNSUBSCRIBE", c.clone(), Pending::Unsubscribe(c)),
+                    };
+                    pending.push_back(expect);
+                    connection
+                        .send(vec![Bytes::from_static(verb.as_bytes()), channel])
+                        .await
+                        .map_err(|e| format!("{verb}: {e}"))?;
+                }
+                frame = connection.next() => match frame {
+                    Some(Ok(frame)) => {
+                        if matches!(self.on_frame(frame, &mut pending), Some(Pending::Ping)) {
+                            ping_outstanding = false;
+                        }
+                    }
+                    Some(Err(e)) => return Err(format!("bad frame: {e}")),
+                    None => return Err("connection closed".to_owned()),
+                },
+                _ = ticks.tick() => {
+                    if ping_outstanding {
+                        return Err(format!("no answer to PING within {interval:?}"));
+                    }
+                    ping_outstanding = true;
+                    pending.push_back(Pending::Ping);
+                    connection
+                        .send(vec![Bytes::from_static(b"PING")])
+                        .await
+                        .map_err(|e| format!("PING: {e}"))?;
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; returns the pending command it answered, if any.
+    fn on_frame(&self, frame: Frame, pending: &mut VecDeque<Pending>) -> Option<Pending> {
+        let node = self.addr.clone();
+        match frame {
+            Frame::Array(Some(items)) => {
+                let kind = items.first().and_then(Frame::bytes).unwrap_or_default();
+                let channel = match items.get(1) {
+                    Some(Frame::Bulk(Some(b))) => b.clone(),
+                    _ => Bytes::new(),
+                };
+                match kind {
+                    b"smessage" => {
+                        if let Some(Frame::Bulk(Some(payload))) = items.get(2) {
+                            (self.deliver)(payload.clone());
+                        }
+                        None
+                    }
+                    b"ssubscribe" => {
+                        let answered = take(
+                            pending,
+                            |p| matches!(p, Pending::Subscribe(c) if *c == channel),
+                        );
+                        let _ = self.events.send(Event::Subscribed { node, channel });
+                        answered
+                    }
+                    b"sunsubscribe" => {
+                        let answered = take(
+                            pending,
+                            |p| matches!(p, Pending::Unsubscribe(c) if *c == channel),
+                        );
+                        let _ = self.events.send(Event::Unsubscribed { node, channel });
+                        answered
+                    }
+                    b"pong" => take(pending, |p| matches!(p, Pending::Ping)),
+                    _ => None,
+                }
+            }
+            Frame::Simple(s) if s.eq_ignore_ascii_case("PONG") => {
+                take(pending, |p| matches!(p, Pending::Ping))
+            }
+            Frame::Error(error) => {
+                // Errors answer commands in order: the oldest unanswered one.
+                let answered = pending.pop_front();
+                match &answered {
+                    Some(Pending::Subscribe(channel)) => {
+                        let _ = self.events.send(Event::Refused {
+                            node,
+                            channel: channel.clone(),
+                            error,
+                        });
+                    }
+                    other => {
+                        tracing::debug!(node = %self.addr, %error, answered = ?other, "redis cluster node answered an error");
+                    }
+                }
+                answered
+            }
+            other => {
+                tracing::debug!(node = %self.addr, frame = ?other, "unexpected frame on a sharded subscriber connection");
+                None
+            }
+        }
+    }
+}
+
+/// Removes and returns the oldest pending command that `answers` matches.
+fn take(pending: &mut VecDeque<Pending>, answers: impl Fn(&Pending) -> bool) -> Option<Pending> {
+    let index = pending.iter().position(answers)?;
+    pending.remove(index)
+}

@@ -517,6 +517,20 @@ async fn bad_configuration_is_refused_with_a_clear_error() {
     assert!(!bad.to_string().contains("secret"), "{bad}");
 
     // Found when the application starts.
+    let braces = RedisClusterBroker::from_urls(["redis://127.0.0.1:1"])
+        .unwrap()
+        .namespace("app{1}");
+    let err = app(braces)
+        .subscriber(Subscriber::channels(["a"]).name("a").handle(|| async {}))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Broker(BrokerError::Config(m)) if m.contains("hash tag")),
+        "{err}"
+    );
     let zero = RedisClusterBroker::from_urls(["redis://127.0.0.1:1"])
         .unwrap()
         .partitions(0);

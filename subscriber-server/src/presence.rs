@@ -36,7 +36,7 @@ use crate::rooms::{Record, Remote};
 use crate::WebSocket;
 
 /// The channel every worker publishes its presence changes and heartbeats on.
-pub(crate) const FEED_CHANNEL: &str = "switchboard.presence";
+pub(crate) const FEED_CHANNEL: &str = subscriber_runtime::broker::presence::FEED_CHANNEL;
 
 /// The channel on which a worker receives what other workers send to its clients.
 pub(crate) fn worker_channel(worker: &str) -> String {

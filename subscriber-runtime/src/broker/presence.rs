@@ -29,6 +29,10 @@ use crate::error::BrokerError;
 /// The table field that holds the sequence number (client ids never start with `~`).
 pub const SEQ_FIELD: &str = "~seq";
 
+/// The channel of the presence feed (the WebSocket server's): a store may keep its keys next to
+/// it (on a Redis Cluster, in its slot, so that a write and its feed message are one transaction).
+pub const FEED_CHANNEL: &str = "switchboard.presence";
+
 /// One change to a worker's table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PresenceChange {

@@ -216,7 +216,7 @@ impl Broker for RedisBroker {
     }
 
     fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
-        Some(Arc::new(self.clone()))
+        Some(Arc::new(presence::RedisPresence(self.clone())))
     }
 
     fn publish_durable(

@@ -1,7 +1,13 @@
-//! The presence store on Redis: each write is one `MULTI`/`EXEC` (with its `PUBLISH`) on the
-//! shared publishing connection, bounded by the publish timeout.
+//! The presence store on Redis: each write is one `MULTI`/`EXEC` (with its feed message) on a
+//! publishing connection, bounded by the publish timeout.
+//!
+//! The store's logic is written once, over a [`Backend`]: the single-node broker's (keys under
+//! `<ns>switchboard:presence:`, the feed `PUBLISH`ed) and the cluster broker's (every key tagged
+//! with the slot of the presence feed's partition, so that a write and its `SPUBLISH` are one
+//! transaction on one node).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,23 +24,28 @@ use crate::broker::presence::{
 };
 use crate::error::BrokerError;
 
+/// Where presence lives on a Redis deployment.
+pub(super) trait Backend: Send + Sync + fmt::Debug + 'static {
+    fn table_key(&self, worker: &str) -> String;
+    fn workers_key(&self) -> String;
+    fn group_key(&self, group: &str) -> String;
+    /// Adds the publication of `feed` to the transaction `pipe`; false when it cannot be part of
+    /// it (then it is published right after the transaction).
+    fn add_feed(&self, pipe: &mut Pipeline, feed: &Feed) -> bool;
+    /// Publishes `feed` on its own.
+    fn publish_feed(&self, feed: Feed) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Runs `pipe` within the publish timeout.
+    fn run<T: FromRedisValue + Send + 'static>(
+        &self,
+        pipe: Pipeline,
+    ) -> BoxFuture<'_, Result<T, BrokerError>>;
+}
+
+/// The presence store of a Redis [`Backend`].
+#[derive(Debug)]
+pub(super) struct RedisPresence<B>(pub(super) B);
+
 impl RedisBroker {
-    fn table_key(&self, worker: &str) -> String {
-        format!("{}switchboard:presence:{worker}", self.prefix)
-    }
-
-    fn workers_key(&self) -> String {
-        format!("{}switchboard:presence:workers", self.prefix)
-    }
-
-    fn group_key(&self, group: &str) -> String {
-        format!("{}switchboard:presence:group:{group}", self.prefix)
-    }
-
-    fn feed_channel(&self, feed: &Feed) -> String {
-        format!("{}{}", self.prefix, feed.channel)
-    }
-
     /// Runs `f` on the publishing connection within the publish timeout; a connection that fails
     /// or times out is replaced before the next use.
     async fn on_connection<T, F, Fut>(&self, f: F) -> Result<T, BrokerError>
@@ -64,11 +75,44 @@ impl RedisBroker {
             }
         }
     }
+}
 
-    async fn query<T: FromRedisValue + Send>(&self, pipe: Pipeline) -> Result<T, BrokerError> {
+impl Backend for RedisBroker {
+    fn table_key(&self, worker: &str) -> String {
+        format!("{}switchboard:presence:{worker}", self.prefix)
+    }
+
+    fn workers_key(&self) -> String {
+        format!("{}switchboard:presence:workers", self.prefix)
+    }
+
+    fn group_key(&self, group: &str) -> String {
+        format!("{}switchboard:presence:group:{group}", self.prefix)
+    }
+
+    fn add_feed(&self, pipe: &mut Pipeline, feed: &Feed) -> bool {
+        pipe.publish(
+            format!("{}{}", self.prefix, feed.channel),
+            feed.payload.to_vec(),
+        )
+        .ignore();
+        true
+    }
+
+    fn publish_feed(&self, feed: Feed) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let mut pipe = redis::pipe();
+        self.add_feed(&mut pipe, &feed);
+        self.run(pipe)
+    }
+
+    fn run<T: FromRedisValue + Send + 'static>(
+        &self,
+        pipe: Pipeline,
+    ) -> BoxFuture<'_, Result<T, BrokerError>> {
         let pipe = Arc::new(pipe);
-        self.on_connection(move |mut conn| async move { pipe.query_async(&mut conn).await })
-            .await
+        Box::pin(
+            self.on_connection(move |mut conn| async move { pipe.query_async(&mut conn).await }),
+        )
     }
 }
 
@@ -83,18 +127,38 @@ fn fields(seq: u64, records: Vec<(String, Bytes)>) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-impl RedisBroker {
+impl<B: Backend> RedisPresence<B> {
     /// The end of every table write: renew the table's time to live, list the worker, publish
-    /// the feed message.
-    fn seal(&self, pipe: &mut Pipeline, key: &str, worker: &str, ttl: Duration, feed: Feed) {
+    /// the feed message (in the transaction when the backend can).
+    fn seal(
+        &self,
+        pipe: &mut Pipeline,
+        key: &str,
+        worker: &str,
+        ttl: Duration,
+        feed: &Feed,
+    ) -> bool {
         pipe.pexpire(key, millis(ttl)).ignore();
-        pipe.sadd(self.workers_key(), worker).ignore();
-        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
-            .ignore();
+        pipe.sadd(self.0.workers_key(), worker).ignore();
+        self.0.add_feed(pipe, feed)
+    }
+
+    /// Runs the transaction `pipe`, then publishes `feed` when it was not part of it.
+    async fn commit(
+        &self,
+        pipe: Pipeline,
+        feed: Feed,
+        in_transaction: bool,
+    ) -> Result<(), BrokerError> {
+        self.0.run::<()>(pipe).await?;
+        if !in_transaction {
+            self.0.publish_feed(feed).await?;
+        }
+        Ok(())
     }
 }
 
-impl PresenceStore for RedisBroker {
+impl<B: Backend> PresenceStore for RedisPresence<B> {
     fn write(
         &self,
         worker: &str,
@@ -103,7 +167,7 @@ impl PresenceStore for RedisBroker {
         ttl: Duration,
         feed: Feed,
     ) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let key = self.table_key(worker);
+        let key = self.0.table_key(worker);
         let mut pipe = redis::pipe();
         pipe.atomic();
         let mut puts = Vec::new();
@@ -119,8 +183,8 @@ impl PresenceStore for RedisBroker {
             pipe.hdel(&key, removes).ignore();
         }
         pipe.hset_multiple(&key, &puts).ignore();
-        self.seal(&mut pipe, &key, worker, ttl, feed);
-        Box::pin(async move { self.query::<()>(pipe).await })
+        let inside = self.seal(&mut pipe, &key, worker, ttl, &feed);
+        Box::pin(self.commit(pipe, feed, inside))
     }
 
     fn replace(
@@ -131,13 +195,13 @@ impl PresenceStore for RedisBroker {
         ttl: Duration,
         feed: Feed,
     ) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let key = self.table_key(worker);
+        let key = self.0.table_key(worker);
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.del(&key).ignore();
         pipe.hset_multiple(&key, &fields(seq, records)).ignore();
-        self.seal(&mut pipe, &key, worker, ttl, feed);
-        Box::pin(async move { self.query::<()>(pipe).await })
+        let inside = self.seal(&mut pipe, &key, worker, ttl, &feed);
+        Box::pin(self.commit(pipe, feed, inside))
     }
 
     fn renew(
@@ -146,25 +210,27 @@ impl PresenceStore for RedisBroker {
         ttl: Duration,
         feed: Feed,
     ) -> BoxFuture<'_, Result<bool, BrokerError>> {
-        let key = self.table_key(worker);
+        let key = self.0.table_key(worker);
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.pexpire(&key, millis(ttl));
-        pipe.sadd(self.workers_key(), worker).ignore();
-        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
-            .ignore();
+        pipe.sadd(self.0.workers_key(), worker).ignore();
+        let inside = self.0.add_feed(&mut pipe, &feed);
         Box::pin(async move {
-            let (renewed,): (bool,) = self.query(pipe).await?;
+            let (renewed,): (bool,) = self.0.run(pipe).await?;
+            if !inside {
+                self.0.publish_feed(feed).await?;
+            }
             Ok(renewed)
         })
     }
 
     fn read(&self, worker: &str) -> BoxFuture<'_, Result<Option<PresenceTable>, BrokerError>> {
         let mut pipe = redis::pipe();
-        pipe.hgetall(self.table_key(worker));
+        pipe.hgetall(self.0.table_key(worker));
         let worker = worker.to_owned();
         Box::pin(async move {
-            let (fields,): (BTreeMap<String, Vec<u8>>,) = self.query(pipe).await?;
+            let (fields,): (BTreeMap<String, Vec<u8>>,) = self.0.run(pipe).await?;
             if fields.is_empty() {
                 return Ok(None);
             }
@@ -191,9 +257,9 @@ impl PresenceStore for RedisBroker {
 
     fn workers(&self) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
         let mut pipe = redis::pipe();
-        pipe.smembers(self.workers_key());
+        pipe.smembers(self.0.workers_key());
         Box::pin(async move {
-            let (workers,): (Vec<String>,) = self.query(pipe).await?;
+            let (workers,): (Vec<String>,) = self.0.run(pipe).await?;
             Ok(workers)
         })
     }
@@ -201,11 +267,10 @@ impl PresenceStore for RedisBroker {
     fn remove(&self, worker: &str, feed: Feed) -> BoxFuture<'_, Result<(), BrokerError>> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.del(self.table_key(worker)).ignore();
-        pipe.srem(self.workers_key(), worker).ignore();
-        pipe.publish(self.feed_channel(&feed), feed.payload.to_vec())
-            .ignore();
-        Box::pin(async move { self.query::<()>(pipe).await })
+        pipe.del(self.0.table_key(worker)).ignore();
+        pipe.srem(self.0.workers_key(), worker).ignore();
+        let inside = self.0.add_feed(&mut pipe, &feed);
+        Box::pin(self.commit(pipe, feed, inside))
     }
 
     fn enter(
@@ -213,13 +278,13 @@ impl PresenceStore for RedisBroker {
         group: &str,
         member: GroupMember,
     ) -> BoxFuture<'_, Result<Vec<GroupMember>, BrokerError>> {
-        let key = self.group_key(group);
+        let key = self.0.group_key(group);
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.rpush(&key, encode_member(&member)).ignore();
         pipe.lrange(&key, 0, -1);
         Box::pin(async move {
-            let (listed,): (Vec<String>,) = self.query(pipe).await?;
+            let (listed,): (Vec<String>,) = self.0.run(pipe).await?;
             let members: Vec<GroupMember> =
                 listed.iter().filter_map(|m| decode_member(m)).collect();
             // Which of the other workers still have a table.
@@ -235,9 +300,9 @@ impl PresenceStore for RedisBroker {
             }
             let mut check = redis::pipe();
             for w in &others {
-                check.exists(self.table_key(w));
+                check.exists(self.0.table_key(w));
             }
-            let alive: Vec<bool> = self.query(check).await?;
+            let alive: Vec<bool> = self.0.run(check).await?;
             let dead: Vec<String> = others
                 .into_iter()
                 .zip(alive)
@@ -253,15 +318,15 @@ impl PresenceStore for RedisBroker {
             for m in &gone {
                 clean.lrem(&key, 0, encode_member(m)).ignore();
             }
-            self.query::<()>(clean).await?;
+            self.0.run::<()>(clean).await?;
             Ok(kept)
         })
     }
 
     fn leave(&self, group: &str, member: GroupMember) -> BoxFuture<'_, Result<(), BrokerError>> {
         let mut pipe = redis::pipe();
-        pipe.lrem(self.group_key(group), 0, encode_member(&member))
+        pipe.lrem(self.0.group_key(group), 0, encode_member(&member))
             .ignore();
-        Box::pin(async move { self.query::<()>(pipe).await })
+        self.0.run::<()>(pipe)
     }
 }

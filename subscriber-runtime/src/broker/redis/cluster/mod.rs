@@ -17,7 +17,9 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::presence::{Backend, RedisPresence};
 use super::{classify, config, Backoff};
+use crate::broker::presence::{Feed, PresenceStore, FEED_CHANNEL};
 use crate::broker::{Broker, Inbox, Subscriptions};
 use crate::error::BrokerError;
 
@@ -87,11 +89,16 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 ///   milliseconds; a failover's election, usually one to two seconds) is lost to the workers
 ///   that were moving it.
 ///
+/// # Presence
+///
+/// The WebSocket server's shared presence store works on a cluster: its keys are tagged with the
+/// slot of the presence feed's partition, so a table write and its feed message are one
+/// `MULTI`/`EXEC` on one primary (all presence lives on that primary).
+///
 /// # Not (yet) on a cluster
 ///
-/// Durable channels, run-once handlers and the shared presence store need the single-node
-/// broker: [`Builder::durable`](crate::Builder::durable) channels are refused at start, and each
-/// worker's WebSocket server sees its own clients only.
+/// Durable channels and run-once handlers need the single-node broker:
+/// [`Builder::durable`](crate::Builder::durable) channels are refused at start.
 #[derive(Clone)]
 pub struct RedisClusterBroker {
     /// The seed nodes, as given.
@@ -192,8 +199,18 @@ impl RedisClusterBroker {
     /// [`RedisBroker::namespace`](super::RedisBroker::namespace) does: applications with
     /// different namespaces share a cluster without seeing each other's messages.
     #[must_use]
+    ///
+    /// A namespace with `{` or `}` is refused (it would become the hash tag of every partition, so
+    /// all of them would land in one slot).
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        match config::namespace_prefix(&namespace.into()) {
+        let namespace = namespace.into();
+        match config::namespace_prefix(&namespace) {
+            Ok(prefix) if prefix.contains(['{', '}']) => {
+                self.invalid = Some(
+                    format!("invalid Redis Cluster namespace {namespace:?}: `{{` and `}}` would make it the hash tag of every partition; remove them")
+                        .into(),
+                );
+            }
             Ok(prefix) => self.prefix = prefix,
             Err(reason) => self.invalid = Some(reason),
         }
@@ -415,5 +432,85 @@ impl Broker for RedisClusterBroker {
 
     fn kind(&self) -> &'static str {
         "redis-cluster"
+    }
+
+    fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
+        Some(Arc::new(RedisPresence(self.clone())))
+    }
+}
+
+impl RedisClusterBroker {
+    /// The hash tag of the presence feed's partition: presence keys carry it, so that they share
+    /// the feed's slot.
+    fn presence_tag(&self) -> &str {
+        let name = self.partitions.name(self.partitions.of(FEED_CHANNEL));
+        let open = name.rfind('{').map_or(0, |i| i + 1);
+        name[open..].trim_end_matches('}')
+    }
+}
+
+/// Presence on a cluster: every key is tagged with the slot of the feed's partition, so that a
+/// table write, the workers' set and the feed's `SPUBLISH` are one `MULTI`/`EXEC` on one node.
+/// All presence lives on that node (a few writes per second per worker, batched).
+impl Backend for RedisClusterBroker {
+    fn table_key(&self, worker: &str) -> String {
+        format!(
+            "{}sb.presence{{{}}}:{worker}",
+            self.prefix,
+            self.presence_tag()
+        )
+    }
+
+    fn workers_key(&self) -> String {
+        format!(
+            "{}sb.presence{{{}}}:workers",
+            self.prefix,
+            self.presence_tag()
+        )
+    }
+
+    fn group_key(&self, group: &str) -> String {
+        format!(
+            "{}sb.presence{{{}}}:group:{group}",
+            self.prefix,
+            self.presence_tag()
+        )
+    }
+
+    fn add_feed(&self, pipe: &mut redis::Pipeline, feed: &Feed) -> bool {
+        let partition = self.partitions.of(&feed.channel);
+        if partition != self.partitions.of(FEED_CHANNEL) {
+            return false;
+        }
+        pipe.cmd("SPUBLISH")
+            .arg(self.partitions.name(partition))
+            .arg(&partitions::frame(&feed.channel, &feed.payload)[..])
+            .ignore();
+        true
+    }
+
+    fn publish_feed(&self, feed: Feed) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move { self.publish(&feed.channel, feed.payload).await })
+    }
+
+    fn run<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> BoxFuture<'_, Result<T, BrokerError>> {
+        Box::pin(async move {
+            self.check_config()?;
+            let work = async {
+                let mut connection = self
+                    .publisher()
+                    .await
+                    .map_err(|e| classify(&e, &self.urls, self.connect_timeout))?;
+                pipe.query_async::<T>(&mut connection)
+                    .await
+                    .map_err(|e| classify(&e, &self.urls, self.publish_timeout))
+            };
+            tokio::time::timeout(self.publish_timeout, work)
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(self.publish_timeout)))
+        })
     }
 }

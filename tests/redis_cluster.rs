@@ -191,7 +191,13 @@ async fn exact_channels_and_patterns_are_delivered_across_workers_and_namespaces
         .unwrap();
     let (channel, _, _) = recv(&mut orx, "the other namespace's own message").await;
     assert_eq!(channel, "marker", "ns2 saw only its own message");
-    assert!(rx.try_recv().is_err());
+    // Everything published has had time to arrive: each worker received exactly what its
+    // handlers take (no `ignored`, nothing across namespaces).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx.try_recv().is_err() && prx.try_recv().is_err() && orx.try_recv().is_err());
+    assert_eq!(exact.stats().received, 40);
+    assert_eq!(pattern.stats().received, 40);
+    assert_eq!(other_namespace.stats().received, 1);
     for running in [exact, pattern, other_namespace, sender, marker] {
         running.shutdown().await;
     }
@@ -323,7 +329,9 @@ async fn a_slot_migrated_while_10000_messages_flow_loses_no_subscription() {
     let Some(cluster) = cluster(3, 0).await else {
         return;
     };
-    let broker_of = || broker(&cluster, "migrate");
+    // No periodic refresh within the test: the move must be followed from Redis's own
+    // `sunsubscribe`.
+    let broker_of = || broker(&cluster, "migrate").topology_refresh(Duration::from_secs(60));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker =
         start(app(broker_of()).subscriber(recording(Subscriber::channels(["flow"]), &tx))).await;
@@ -340,8 +348,9 @@ async fn a_slot_migrated_while_10000_messages_flow_loses_no_subscription() {
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let migration = cluster.begin_migration(slot, target).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    migration.finish().await;
+    // Redis drops the subscription during `finish` (`SETSLOT ... NODE`): measured from before.
     let moved = Instant::now();
+    migration.finish().await;
     let sent = publishing.await.unwrap();
     let got = drain(&mut rx, Duration::from_secs(2)).await;
     assert_eq!(cluster.owner_of_slot(slot).await, target);
@@ -381,7 +390,11 @@ async fn failovers_manual_and_after_sigkill_resume_delivery_within_5_s() {
     let Some(mut cluster) = cluster(3, 1).await else {
         return;
     };
-    let broker_of = |cluster: &RedisCluster| broker(cluster, "failover");
+    // No periodic refresh within the test: the failovers must be followed from Redis's
+    // `sunsubscribe` and the lost connection.
+    let broker_of = |cluster: &RedisCluster| {
+        broker(cluster, "failover").topology_refresh(Duration::from_secs(60))
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker =
         start(app(broker_of(&cluster)).subscriber(recording(Subscriber::channels(["flow"]), &tx)))
@@ -409,8 +422,9 @@ async fn failovers_manual_and_after_sigkill_resume_delivery_within_5_s() {
         sent.len(),
         got.len()
     );
+    // A planned failover is followed at once (Redis's `sunsubscribe`), well within 5 s.
     assert!(
-        resumed <= Duration::from_secs(5),
+        resumed <= Duration::from_secs(1),
         "delivery stopped for {resumed:?}"
     );
     assert!(lost_after.is_empty(), "lost after 5 s: {lost_after:?}");

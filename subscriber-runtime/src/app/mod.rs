@@ -129,7 +129,8 @@ impl Builder {
     /// # Errors
     /// [`Error::Broker`] with [`BrokerError::Config`](crate::BrokerError::Config) when
     /// `REDIS_URL` or `REDIS_CLUSTER_URLS` holds an invalid URL, or `REDIS_CLUSTER_PARTITIONS` is
-    /// not a number from 1 to 1024.
+    /// not a number. A number of partitions outside 1 to 1024 is the same error when the
+    /// application starts.
     pub fn broker_from_env(self) -> Result<Self, Error> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let namespace = var("REDIS_NAMESPACE");

@@ -61,7 +61,8 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Whether this broker keeps streams, so that it can carry
     /// [durable channels](crate::Builder::durable) and run-once handlers. An application with
-    /// durable channels refuses to start on a broker without them. The default: `false`.
+    /// durable channels refuses to start on a broker without them. The default: `false`; a broker
+    /// that implements [`publish_durable`](Self::publish_durable) must say `true`.
     fn has_streams(&self) -> bool {
         false
     }

@@ -106,7 +106,10 @@ pub struct RedisClusterBroker {
     /// The seeds' URLs with passwords hidden, for logs and errors.
     urls: Arc<str>,
     prefix: Arc<str>,
-    invalid: Option<Arc<str>>,
+    /// Why the namespace is unusable, reported by `publish`/`subscribe`.
+    invalid_namespace: Option<Arc<str>>,
+    /// Why the partition count is unusable, reported the same way.
+    invalid_partitions: Option<Arc<str>>,
     partitions: Arc<Partitions>,
     publish_timeout: Duration,
     connect_timeout: Duration,
@@ -181,7 +184,8 @@ impl RedisClusterBroker {
             seeds: seeds.into(),
             urls: redacted.join(",").into(),
             prefix: "".into(),
-            invalid: None,
+            invalid_namespace: None,
+            invalid_partitions: None,
             partitions: Arc::new(Partitions::new("", DEFAULT_PARTITIONS)),
             publish_timeout: config::DEFAULT_PUBLISH_TIMEOUT,
             connect_timeout: config::DEFAULT_CONNECT_TIMEOUT,
@@ -206,13 +210,16 @@ impl RedisClusterBroker {
         let namespace = namespace.into();
         match config::namespace_prefix(&namespace) {
             Ok(prefix) if prefix.contains(['{', '}']) => {
-                self.invalid = Some(
+                self.invalid_namespace = Some(
                     format!("invalid Redis Cluster namespace {namespace:?}: `{{` and `}}` would make it the hash tag of every partition; remove them")
                         .into(),
                 );
             }
-            Ok(prefix) => self.prefix = prefix,
-            Err(reason) => self.invalid = Some(reason),
+            Ok(prefix) => {
+                self.prefix = prefix;
+                self.invalid_namespace = None;
+            }
+            Err(reason) => self.invalid_namespace = Some(reason),
         }
         self.partitions = Arc::new(Partitions::new(&self.prefix, self.partitions.len()));
         self
@@ -228,8 +235,9 @@ impl RedisClusterBroker {
     pub fn partitions(mut self, count: usize) -> Self {
         if (1..=MAX_PARTITIONS).contains(&count) {
             self.partitions = Arc::new(Partitions::new(&self.prefix, count));
+            self.invalid_partitions = None;
         } else {
-            self.invalid = Some(
+            self.invalid_partitions = Some(
                 format!("{count} Redis Cluster partitions: give between 1 and {MAX_PARTITIONS}")
                     .into(),
             );
@@ -295,7 +303,11 @@ impl RedisClusterBroker {
     }
 
     fn check_config(&self) -> Result<(), BrokerError> {
-        match &self.invalid {
+        match self
+            .invalid_namespace
+            .as_ref()
+            .or(self.invalid_partitions.as_ref())
+        {
             Some(reason) => Err(BrokerError::Config(reason.to_string())),
             None => Ok(()),
         }

@@ -20,9 +20,14 @@ use super::resp::{Frame, Resp};
 pub(super) enum Event {
     /// Redis confirmed `SSUBSCRIBE` of `channel`.
     Subscribed { node: Arc<str>, channel: Bytes },
-    /// Redis says `channel` is no longer subscribed: the answer to our `SUNSUBSCRIBE`, or
-    /// unsolicited (its slot moved to another node, or the node became a replica).
-    Unsubscribed { node: Arc<str>, channel: Bytes },
+    /// Redis says `channel` is no longer subscribed: the answer to our `SUNSUBSCRIBE`
+    /// (`solicited`), or on its own (its slot moved to another node, or the node became a
+    /// replica).
+    Unsubscribed {
+        node: Arc<str>,
+        channel: Bytes,
+        solicited: bool,
+    },
     /// Redis refused `SSUBSCRIBE` of `channel` (`MOVED`, `CLUSTERDOWN`, ...).
     Refused {
         node: Arc<str>,
@@ -89,9 +94,9 @@ impl Node {
         Self { tx, id }
     }
 
-    pub(super) fn send(&self, command: Command) {
-        // A task that ended has reported its loss already.
-        let _ = self.tx.send(command);
+    /// False when the connection's task has ended (its loss is reported, or is about to be).
+    pub(super) fn send(&self, command: Command) -> bool {
+        self.tx.send(command).is_ok()
     }
 }
 
@@ -114,8 +119,40 @@ struct Task {
 
 type Connection = Framed<TcpStream, Resp>;
 
+/// Reports the connection lost when its task ends any other way than by a clean stop (a panic in
+/// a handler of a frame included), so that the supervisor never counts on a dead connection.
+struct LostOnDrop {
+    events: mpsc::UnboundedSender<Event>,
+    node: Arc<str>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for LostOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.events.send(Event::Lost {
+                node: self.node.clone(),
+                id: self.id,
+                reason: "the connection's task ended unexpectedly".to_owned(),
+            });
+        }
+    }
+}
+
 impl Task {
-    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(self, commands: mpsc::UnboundedReceiver<Command>) {
+        let mut guard = LostOnDrop {
+            events: self.events.clone(),
+            node: self.addr.clone(),
+            id: self.id,
+            armed: true,
+        };
+        self.serve(commands).await;
+        guard.armed = false;
+    }
+
+    async fn serve(&self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let connected = tokio::select! {
             () = self.shutdown.cancelled() => return,
             connected = tokio::time::timeout(self.settings.connect_timeout, self.connect()) => connected,
@@ -142,7 +179,7 @@ impl Task {
     }
 
     async fn connect(&self) -> Result<Connection, String> {
-        let stream = TcpStream::connect(&*self.addr)
+        let stream = TcpStream::connect(socket_address(&self.addr))
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
@@ -196,8 +233,7 @@ impl Task {
                         Some(Command::Unsubscribe(c)) => ("SUNSUBSCRIBE", c.clone(), Pending::Unsubscribe(c)),
                     };
                     pending.push_back(expect);
-                    connection
-                        .send(vec![Bytes::from_static(verb.as_bytes()), channel])
+                    send(&mut connection, vec![Bytes::from_static(verb.as_bytes()), channel], interval)
                         .await
                         .map_err(|e| format!("{verb}: {e}"))?;
                 }
@@ -216,8 +252,7 @@ impl Task {
                     }
                     ping_outstanding = true;
                     pending.push_back(Pending::Ping);
-                    connection
-                        .send(vec![Bytes::from_static(b"PING")])
+                    send(&mut connection, vec![Bytes::from_static(b"PING")], interval)
                         .await
                         .map_err(|e| format!("PING: {e}"))?;
                 }
@@ -255,7 +290,12 @@ impl Task {
                             pending,
                             |p| matches!(p, Pending::Unsubscribe(c) if *c == channel),
                         );
-                        let _ = self.events.send(Event::Unsubscribed { node, channel });
+                        let solicited = answered.is_some();
+                        let _ = self.events.send(Event::Unsubscribed {
+                            node,
+                            channel,
+                            solicited,
+                        });
                         answered
                     }
                     b"pong" => take(pending, |p| matches!(p, Pending::Ping)),
@@ -290,8 +330,77 @@ impl Task {
     }
 }
 
-/// Removes and returns the oldest pending command that `answers` matches.
+/// The oldest pending command, when `answers` says the frame is its answer. Redis answers
+/// commands in order; pushes of its own (`smessage`, an unsolicited `sunsubscribe`) come in
+/// between, so a frame that does not answer the oldest command answers none.
 fn take(pending: &mut VecDeque<Pending>, answers: impl Fn(&Pending) -> bool) -> Option<Pending> {
-    let index = pending.iter().position(answers)?;
-    pending.remove(index)
+    if pending.front().is_some_and(answers) {
+        pending.pop_front()
+    } else {
+        None
+    }
+}
+
+/// Writes a command, within `limit`: a node that stops reading is a lost connection.
+async fn send(
+    connection: &mut Connection,
+    command: Vec<Bytes>,
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, connection.send(command)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("not written within {limit:?}")),
+    }
+}
+
+/// `host:port` as a socket address: an IPv6 host in brackets.
+pub(super) fn socket_address(node: &str) -> String {
+    match node.rsplit_once(':') {
+        Some((host, port)) if host.contains(':') && !host.starts_with('[') => {
+            format!("[{host}]:{port}")
+        }
+        _ => node.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_oldest_pending_command_is_answered() {
+        let a = Bytes::from_static(b"a");
+        let b = Bytes::from_static(b"b");
+        let mut pending = VecDeque::from([
+            Pending::Unsubscribe(a.clone()),
+            Pending::Subscribe(b.clone()),
+        ]);
+        // A `sunsubscribe b` of Redis's own while our SUNSUBSCRIBE of `a` is pending answers
+        // nothing: it is unsolicited.
+        assert!(take(
+            &mut pending,
+            |p| matches!(p, Pending::Unsubscribe(c) if *c == b)
+        )
+        .is_none());
+        assert_eq!(pending.len(), 2);
+        assert!(take(
+            &mut pending,
+            |p| matches!(p, Pending::Unsubscribe(c) if *c == a)
+        )
+        .is_some());
+        assert!(take(
+            &mut pending,
+            |p| matches!(p, Pending::Subscribe(c) if *c == b)
+        )
+        .is_some());
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(socket_address("127.0.0.1:7000"), "127.0.0.1:7000");
+        assert_eq!(socket_address("::1:7000"), "[::1]:7000");
+        assert_eq!(socket_address("[::1]:7000"), "[::1]:7000");
+        assert_eq!(socket_address("redis-0.local:6379"), "redis-0.local:6379");
+    }
 }

@@ -6,6 +6,9 @@
 //! falls in the `i`-th of `n` equal slot ranges, so a cluster whose nodes own equal contiguous
 //! ranges (what `redis-cli --cluster create` makes) carries equal shares, within one partition.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The number of hash slots of a Redis Cluster.
@@ -39,28 +42,12 @@ pub(super) struct Partitions {
 impl Partitions {
     /// `count` partitions (1 to [`MAX_PARTITIONS`]) named `<prefix>sb.p{<tag>}`.
     pub(super) fn new(prefix: &str, count: usize) -> Self {
-        let count = count.clamp(1, MAX_PARTITIONS);
-        let mut names = Vec::with_capacity(count);
-        let mut slots = Vec::with_capacity(count);
-        for i in 0..count {
-            // The middle half of the partition's range: a node boundary inside the range then
-            // rarely decides which node takes it.
-            let lo_edge = i * usize::from(SLOTS) / count;
-            let hi_edge = (i + 1) * usize::from(SLOTS) / count;
-            let quarter = (hi_edge - lo_edge) / 4;
-            let (lo, hi) = (lo_edge + quarter, hi_edge - quarter);
-            // Expected tries: about `2 * count` (CRC16 is uniform over short decimal strings).
-            let (tag, slot) = (0u32..)
-                .map(|k| {
-                    let tag = format!("{i}.{k}");
-                    let slot = slot_of(tag.as_bytes());
-                    (tag, slot)
-                })
-                .find(|(_, slot)| (lo..hi).contains(&usize::from(*slot)))
-                .expect("an unbounded search finds a tag");
-            names.push(format!("{prefix}sb.p{{{tag}}}"));
-            slots.push(slot);
-        }
+        let tags = tags(count.clamp(1, MAX_PARTITIONS));
+        let names = tags
+            .iter()
+            .map(|(tag, _)| format!("{prefix}sb.p{{{tag}}}"))
+            .collect();
+        let slots = tags.iter().map(|(_, slot)| *slot).collect();
         Self { names, slots }
     }
 
@@ -93,8 +80,45 @@ impl Partitions {
     }
 }
 
-/// What goes on a partition channel: the (namespaced) application channel, a newline (which a
-/// channel name cannot contain), then the payload.
+/// Partitions' hash tags and their slots.
+type Tags = Arc<Vec<(String, u16)>>;
+
+/// The hash tags of `count` partitions and their slots, computed once per count (a search of
+/// about `2 * count` CRC16s per partition).
+fn tags(count: usize) -> Tags {
+    static CACHE: OnceLock<Mutex<HashMap<usize, Tags>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(tags) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&count) {
+        return tags.clone();
+    }
+    let tags: Vec<(String, u16)> = (0..count)
+        .map(|i| {
+            // The middle half of the partition's range: a node boundary inside the range then
+            // rarely decides which node takes it.
+            let lo_edge = i * usize::from(SLOTS) / count;
+            let hi_edge = (i + 1) * usize::from(SLOTS) / count;
+            let quarter = (hi_edge - lo_edge) / 4;
+            let (lo, hi) = (lo_edge + quarter, hi_edge - quarter);
+            (0u32..)
+                .map(|k| {
+                    let tag = format!("{i}.{k}");
+                    let slot = slot_of(tag.as_bytes());
+                    (tag, slot)
+                })
+                .find(|(_, slot)| (lo..hi).contains(&usize::from(*slot)))
+                .expect("an unbounded search finds a tag")
+        })
+        .collect();
+    let tags = Arc::new(tags);
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(count, tags.clone());
+    tags
+}
+
+/// What goes on a partition channel: the application channel (the namespace is in the
+/// partition's name), a newline (which a channel name cannot contain), then the payload.
 pub(super) fn frame(channel: &str, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(channel.len() + 1 + payload.len());
     out.put_slice(channel.as_bytes());

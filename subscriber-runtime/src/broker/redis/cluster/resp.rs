@@ -9,8 +9,11 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// The largest frame accepted: a message is at most the broker's payload limit, far below.
-const MAX_BULK: usize = 512 * 1024 * 1024;
+/// The largest bulk string accepted (a message's payload): beyond it the connection is dropped
+/// rather than buffered.
+const MAX_BULK: usize = 64 * 1024 * 1024;
+/// The longest line (a simple string, an error, a length).
+const MAX_LINE: usize = 64 * 1024;
 /// The most elements of an array (pub/sub frames have 2 to 4).
 const MAX_ARRAY: usize = 1024;
 
@@ -45,6 +48,9 @@ fn frame_end(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Strin
         return Ok(None);
     };
     let Some(line_len) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
+        if buf.len() - at > MAX_LINE {
+            return Err(format!("a line longer than {MAX_LINE} bytes"));
+        }
         return Ok(None);
     };
     let line = &buf[at + 1..at + line_len];
@@ -104,7 +110,8 @@ fn parse(buf: &mut Bytes) -> Frame {
         b'+' => Frame::Simple(line),
         b'-' => Frame::Error(line),
         b':' => Frame::Integer(line.parse().unwrap_or_default()),
-        b'$' => match line.parse::<usize>() {
+        // The lengths were checked by `frame_end`, read the same way: negative is null.
+        b'$' => match usize::try_from(line.parse::<i64>().unwrap_or(-1)) {
             Ok(len) => {
                 let bytes = buf.split_to(len);
                 buf.advance(2);
@@ -112,7 +119,7 @@ fn parse(buf: &mut Bytes) -> Frame {
             }
             Err(_) => Frame::Bulk(None),
         },
-        _ => match line.parse::<usize>() {
+        _ => match usize::try_from(line.parse::<i64>().unwrap_or(-1)) {
             Ok(len) => Frame::Array(Some((0..len).map(|_| parse(buf)).collect())),
             Err(_) => Frame::Array(None),
         },
@@ -182,7 +189,26 @@ mod tests {
     }
 
     #[test]
+    fn odd_lengths_decode_like_they_are_checked() {
+        // "-0" is a length of 0 for the check and for the parse alike.
+        let (frames, rest) = decode_all(b"*2\r\n$-0\r\n\r\n$1\r\nx\r\n");
+        assert_eq!(rest, 0);
+        assert_eq!(
+            frames,
+            [Frame::Array(Some(vec![
+                Frame::Bulk(Some(Bytes::new())),
+                Frame::Bulk(Some(Bytes::from_static(b"x")))
+            ]))]
+        );
+        let (frames, _) = decode_all(b"*-1\r\n$-5\r\n");
+        assert_eq!(frames, [Frame::Array(None), Frame::Bulk(None)]);
+    }
+
+    #[test]
     fn refuses_garbage() {
+        let mut endless = BytesMut::from(&b"+"[..]);
+        endless.extend_from_slice(&vec![b'a'; 70 * 1024]);
+        assert!(Resp.decode(&mut endless).is_err(), "a line without an end");
         let mut buf = BytesMut::from(&b"?what\r\n"[..]);
         assert!(Resp.decode(&mut buf).is_err());
         let mut buf = BytesMut::from(&b"$99999999999\r\n"[..]);

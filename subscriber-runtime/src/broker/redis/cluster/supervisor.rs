@@ -28,6 +28,10 @@ struct Place {
     node: Arc<str>,
     /// Confirmed by Redis.
     active: bool,
+    /// Refreshes in a row whose map put this active partition on another node. Redis tells a
+    /// node's subscribers when a slot leaves it, so an active subscription moves only when the
+    /// maps agree twice: a node answering from a stale map cannot make it ping-pong.
+    disputed: u8,
 }
 
 pub(super) struct Supervisor {
@@ -58,6 +62,7 @@ struct State {
 
 impl Supervisor {
     pub(super) async fn run(mut self) {
+        let shutdown = self.shutdown.clone();
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut state = State {
             map: SlotMap::default(),
@@ -72,7 +77,10 @@ impl Supervisor {
         let period = self.broker.topology_refresh;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.refresh(&mut state).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = self.refresh(&mut state) => {}
+        }
         loop {
             let retry_at = state.retry_at;
             let retry = async move {
@@ -83,13 +91,19 @@ impl Supervisor {
             };
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
                 Some(event) = events.recv() => self.on_event(&mut state, event),
                 () = retry => {
                     state.retry_at = None;
-                    self.refresh(&mut state).await;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = self.refresh(&mut state) => {}
+                    }
                 }
-                _ = ticks.tick() => self.refresh(&mut state).await,
+                _ = ticks.tick() => tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = self.refresh(&mut state) => {}
+                },
             }
         }
     }
@@ -137,7 +151,7 @@ impl Supervisor {
         for partition in wanted {
             let slot = self.broker.partitions.slot(partition);
             match state.map.owner(slot).cloned() {
-                Some(owner) => self.place(state, partition, owner),
+                Some(owner) => self.place_by_map(state, partition, owner),
                 None => unowned.push(slot),
             }
         }
@@ -150,6 +164,23 @@ impl Supervisor {
         state.nodes.retain(|node, _| used.contains(node));
     }
 
+    /// Subscribes `partition` on `owner` as the slot map says; an active subscription elsewhere
+    /// moves only when two maps in a row say so.
+    fn place_by_map(&mut self, state: &mut State, partition: usize, owner: Arc<str>) {
+        if let Some(place) = state.placed.get_mut(&partition) {
+            if place.node == owner {
+                place.disputed = 0;
+                return;
+            }
+            if place.active && place.disputed == 0 {
+                place.disputed = 1;
+                return;
+            }
+        }
+        self.place(state, partition, owner);
+    }
+
+    /// Subscribes `partition` on `owner`, leaving the node it was on.
     fn place(&mut self, state: &mut State, partition: usize, owner: Arc<str>) {
         let name = Bytes::copy_from_slice(self.broker.partitions.name(partition).as_bytes());
         if let Some(place) = state.placed.get(&partition) {
@@ -170,14 +201,27 @@ impl Supervisor {
                 self.shutdown.clone(),
             )
         });
-        node.send(Command::Subscribe(name));
+        let sent = node.send(Command::Subscribe(name));
         state.placed.insert(
             partition,
             Place {
-                node: owner,
+                node: owner.clone(),
                 active: false,
+                disputed: 0,
             },
         );
+        if !sent {
+            // Its task is gone: as lost as a closed connection.
+            let id = node.id;
+            self.on_event(
+                state,
+                Event::Lost {
+                    node: owner,
+                    id,
+                    reason: "the connection's task has ended".to_owned(),
+                },
+            );
+        }
     }
 
     fn partition_of(&self, channel: &[u8]) -> Option<usize> {
@@ -197,12 +241,16 @@ impl Supervisor {
                 }
                 self.check_complete(state);
             }
-            Event::Unsubscribed { node, channel } => {
+            Event::Unsubscribed {
+                node,
+                channel,
+                solicited,
+            } => {
                 let Some(partition) = self.partition_of(&channel) else {
                     return;
                 };
                 // Our own SUNSUBSCRIBE (the partition moved on already) is not a loss.
-                if state.placed.get(&partition).is_some_and(|p| p.node == node) {
+                if !solicited && state.placed.get(&partition).is_some_and(|p| p.node == node) {
                     state.placed.remove(&partition);
                     tracing::info!(partition = %self.broker.partitions.name(partition), %node, "redis cluster unsubscribed a partition (its slot moved): subscribing it on its new owner");
                     self.degrade(state);
@@ -232,6 +280,8 @@ impl Supervisor {
                     Some(owner) => {
                         tracing::info!(partition = %self.broker.partitions.name(partition), from = %node, to = %owner, "redis cluster answered MOVED");
                         self.place(state, partition, owner);
+                        // Counted, so that nodes that disagree are asked ever less often.
+                        state.failures = state.failures.saturating_add(1);
                         self.schedule_retry(state);
                     }
                     None => self.failed(state, format!("{node} refused SSUBSCRIBE: {error}")),
@@ -290,6 +340,8 @@ impl Supervisor {
         }
         state.failures = 0;
         if let Some(ready) = self.ready.take() {
+            state.degraded = false;
+            state.degraded_since = None;
             let _ = ready.send(());
             return;
         }

@@ -59,23 +59,7 @@ impl RedisBroker {
         payload: &[u8],
         retention: Retention,
     ) -> Result<Position, BrokerError> {
-        if payload.first() != Some(&b'{') {
-            return Err(BrokerError::Other(format!(
-                "a durable channel's payload must be a JSON object (`{channel}`)"
-            )));
-        }
-        // The payload after its `{`, with a `,` first unless the object is empty: the script puts
-        // the position in front.
-        let rest = &payload[1..];
-        let empty = rest
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_none_or(|b| *b == b'}');
-        let mut tail = Vec::with_capacity(rest.len() + 1);
-        if !empty {
-            tail.push(b',');
-        }
-        tail.extend_from_slice(rest);
+        let tail = tail_of(channel, payload)?;
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut queues = lock(&self.durable_queues);
@@ -253,10 +237,31 @@ impl RedisBroker {
     }
 }
 
+/// What the script takes of a durable message's payload: the JSON object after its `{`, with a
+/// `,` first unless the object is empty (the script puts the position in front).
+pub(super) fn tail_of(channel: &str, payload: &[u8]) -> Result<Vec<u8>, BrokerError> {
+    if payload.first() != Some(&b'{') {
+        return Err(BrokerError::Other(format!(
+            "a durable channel's payload must be a JSON object (`{channel}`)"
+        )));
+    }
+    let rest = &payload[1..];
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|b| *b == b'}');
+    let mut tail = Vec::with_capacity(rest.len() + 1);
+    if !empty {
+        tail.push(b',');
+    }
+    tail.extend_from_slice(rest);
+    Ok(tail)
+}
+
 /// `XRANGE`'s reply: `[[id, [field, value, ...]], ...]` → `(offset, payload)`: each entry's
 /// message (field `m`, the live form) without its position; what is not one of the script's
 /// entries is skipped.
-fn parse_entries(reply: Value) -> Vec<(u64, Bytes)> {
+pub(super) fn parse_entries(reply: Value) -> Vec<(u64, Bytes)> {
     let Value::Array(items) = reply else {
         return Vec::new();
     };

@@ -23,6 +23,7 @@ use crate::broker::presence::{Feed, PresenceStore, FEED_CHANNEL};
 use crate::broker::{Broker, Inbox, Subscriptions};
 use crate::error::BrokerError;
 
+mod durable;
 mod node;
 mod partitions;
 mod resp;
@@ -95,10 +96,16 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// slot of the presence feed's partition, so a table write and its feed message are one
 /// `MULTI`/`EXEC` on one primary (all presence lives on that primary).
 ///
+/// # Durable channels
+///
+/// [Durable channels](crate::Builder::durable) work: a channel's stream and meta hash carry its
+/// partition's hash tag, so the publishing script runs on the partition's primary and
+/// `SPUBLISH`es the message there.
+///
 /// # Not (yet) on a cluster
 ///
-/// Durable channels and run-once handlers need the single-node broker:
-/// [`Builder::durable`](crate::Builder::durable) channels are refused at start.
+/// Run-once handlers (consumer groups) need the single-node broker: an application with one
+/// refuses to start, saying so.
 #[derive(Clone)]
 pub struct RedisClusterBroker {
     /// The seed nodes, as given.
@@ -117,6 +124,8 @@ pub struct RedisClusterBroker {
     topology_refresh: Duration,
     backoff: Backoff,
     publisher: Arc<tokio::sync::Mutex<Option<ClusterConnection>>>,
+    /// Epoch candidates for durable channels' new streams.
+    epochs: Arc<crate::broker::durable::Epochs>,
 }
 
 impl fmt::Debug for RedisClusterBroker {
@@ -196,6 +205,7 @@ impl RedisClusterBroker {
                 max: DEFAULT_BACKOFF_MAX,
             },
             publisher: Arc::default(),
+            epochs: Arc::default(),
         })
     }
 
@@ -449,15 +459,56 @@ impl Broker for RedisClusterBroker {
     fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
         Some(Arc::new(RedisPresence(self.clone())))
     }
+
+    fn has_streams(&self) -> bool {
+        true
+    }
+
+    fn publish_durable(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        retention: crate::broker::Retention,
+    ) -> BoxFuture<'_, Result<crate::broker::Position, BrokerError>> {
+        let channel = channel.to_owned();
+        Box::pin(async move {
+            self.check_config()?;
+            let work = self.publish_durable_on(&channel, &payload, retention);
+            tokio::time::timeout(self.publish_timeout, work)
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(self.publish_timeout)))
+        })
+    }
+
+    fn read_stream(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<crate::broker::StreamRead, BrokerError>> {
+        let channel = channel.to_owned();
+        Box::pin(async move {
+            self.check_config()?;
+            let work = self.read_stream_on(&channel, after, limit);
+            tokio::time::timeout(self.publish_timeout, work)
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(self.publish_timeout)))
+        })
+    }
 }
 
 impl RedisClusterBroker {
+    /// The hash tag of a partition: keys that must share its slot carry it.
+    fn tag_of(&self, partition: usize) -> &str {
+        let name = self.partitions.name(partition);
+        let open = name.rfind('{').map_or(0, |i| i + 1);
+        name[open..].trim_end_matches('}')
+    }
+
     /// The hash tag of the presence feed's partition: presence keys carry it, so that they share
     /// the feed's slot.
     fn presence_tag(&self) -> &str {
-        let name = self.partitions.name(self.partitions.of(FEED_CHANNEL));
-        let open = name.rfind('{').map_or(0, |i| i + 1);
-        name[open..].trim_end_matches('}')
+        self.tag_of(self.partitions.of(FEED_CHANNEL))
     }
 }
 

@@ -1,0 +1,157 @@
+//! Durable channels on a Redis Cluster: the single-node broker's script, with the live message
+//! `SPUBLISH`ed on the channel's partition instead of `PUBLISH`ed.
+//!
+//! A channel's stream and meta hash carry the hash tag of the channel's partition
+//! (`<ns>:sb.stream{<tag>}:<channel>`, `<ns>:sb.meta{<tag>}:<channel>`), so that both keys and
+//! the partition channel are in one slot: the script's `XADD`, `HINCRBY` and `SPUBLISH` run on
+//! one primary, atomically, as on a single Redis. Each publish is one call of the script (the
+//! single-node broker batches the calls of a busy channel; this one does not yet).
+
+use std::sync::{Arc, LazyLock};
+
+use redis::Value;
+
+use super::RedisClusterBroker;
+use crate::broker::redis::classify;
+use crate::broker::redis::durable::{parse_entries, tail_of};
+use crate::broker::{Position, Retention, StreamRead};
+use crate::error::BrokerError;
+
+/// The single-node script, made to `SPUBLISH` `ARGV[1]`, a newline and the message (the
+/// partition's framing) on `KEYS[3]`, the partition channel.
+static CLUSTER_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&source()));
+
+const PUBLISH_LINE: &str = "redis.call('PUBLISH', ARGV[1], message)";
+
+fn source() -> String {
+    include_str!("../durable_publish.lua")
+        .replacen(
+            "-- switchboard:durable-publish:3",
+            "-- switchboard:durable-publish-cluster:1 (KEYS[3] the partition channel, ARGV[1] the channel)",
+            1,
+        )
+        .replacen(
+            PUBLISH_LINE,
+            "redis.call('SPUBLISH', KEYS[3], ARGV[1] .. '\\n' .. message)",
+            1,
+        )
+}
+
+impl RedisClusterBroker {
+    /// The stream and meta keys of `channel`, in its partition's slot.
+    fn stream_keys(&self, channel: &str) -> (String, String) {
+        let tag = self.tag_of(self.partitions.of(channel));
+        (
+            format!("{}sb.stream{{{tag}}}:{channel}", self.prefix),
+            format!("{}sb.meta{{{tag}}}:{channel}", self.prefix),
+        )
+    }
+
+    pub(super) async fn publish_durable_on(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        retention: Retention,
+    ) -> Result<Position, BrokerError> {
+        let tail = tail_of(channel, payload)?;
+        let (stream, meta) = self.stream_keys(channel);
+        let partition = self.partitions.name(self.partitions.of(channel));
+        let ttl_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
+        let mut connection = self
+            .publisher()
+            .await
+            .map_err(|e| classify(&e, &self.urls, self.connect_timeout))?;
+        let mut invocation = CLUSTER_SCRIPT.key(&stream);
+        invocation
+            .key(&meta)
+            .key(partition)
+            .arg(channel)
+            .arg(retention.max_messages())
+            .arg(ttl_ms)
+            .arg(&*self.epochs.next())
+            .arg(tail);
+        let (epoch, offset): (String, u64) = invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| classify(&e, &self.urls, self.publish_timeout))?;
+        tracing::trace!(channel, %epoch, offset, "published on a durable channel of the cluster");
+        Ok(Position {
+            epoch: Arc::from(epoch),
+            offset,
+        })
+    }
+
+    pub(super) async fn read_stream_on(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<StreamRead, BrokerError> {
+        let (stream, meta) = self.stream_keys(channel);
+        let mut connection = self
+            .publisher()
+            .await
+            .map_err(|e| classify(&e, &self.urls, self.connect_timeout))?;
+        // One transaction, on the slot's primary: the epoch, the newest offset and the entries
+        // agree.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HMGET")
+            .arg(&meta)
+            .arg("epoch")
+            .arg("offset")
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1));
+        let (meta, entries): (Vec<Option<String>>, Value) = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| classify(&e, &self.urls, self.publish_timeout))?;
+        let epoch = meta.first().cloned().flatten().map(Arc::from);
+        let last = meta
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        Ok(StreamRead {
+            epoch,
+            entries: parse_entries(entries),
+            last,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_script_spublishes_the_framed_message_on_the_partition() {
+        let source = source();
+        assert!(
+            !source.contains(PUBLISH_LINE),
+            "the PUBLISH line was replaced"
+        );
+        assert!(source.contains("redis.call('SPUBLISH', KEYS[3], ARGV[1] .. '\\n' .. message)"));
+        assert!(source.starts_with("-- switchboard:durable-publish-cluster:1"));
+    }
+
+    #[test]
+    fn a_channel_s_keys_share_its_partition_s_slot() {
+        let broker = RedisClusterBroker::from_urls(["redis://127.0.0.1:7000"])
+            .unwrap()
+            .namespace("app");
+        for channel in ["ledger", "orders:1", "x"] {
+            let (stream, meta) = broker.stream_keys(channel);
+            let slot =
+                super::super::partitions::slot_of(broker.partition_channel(channel).as_bytes());
+            assert_eq!(super::super::partitions::slot_of(stream.as_bytes()), slot);
+            assert_eq!(super::super::partitions::slot_of(meta.as_bytes()), slot);
+            assert!(stream.starts_with("app:sb.stream{"), "{stream}");
+        }
+    }
+}

@@ -802,23 +802,49 @@ async fn a_durable_channel_on_a_cluster_fills_the_gap_of_a_cut_subscription() {
     );
     assert_eq!(stats.durable_lost, 0);
 
-    // Run-once handlers need consumer groups, which the cluster broker does not have yet.
-    let err = app(broker(&cluster, "durable"))
-        .subscriber(
-            Subscriber::channels(["jobs"])
-                .name("charge")
-                .once()
-                .handle(|| async {}),
-        )
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Broker(BrokerError::Config(m)) if m.contains("consumer groups")),
-        "{err}"
-    );
     worker.shutdown().await;
     sender.shutdown().await;
+}
+
+/// Run-once handlers on a cluster: two workers in one consumer group on the stream (in its
+/// partition's slot); every message is handled by exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_handlers_on_a_cluster_handle_each_message_on_one_worker() {
+    let Some(cluster) = cluster(3, 0).await else {
+        return;
+    };
+    let retention = switchboard::broker::Retention::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = |tx: &mpsc::UnboundedSender<Seen>| {
+        let tx = tx.clone();
+        app(broker(&cluster, "once")).subscriber(
+            Subscriber::channels(["jobs"]).name("charge").once().handle(
+                move |channel: Channel, Message(message): Message| {
+                    let _ = tx.send((channel.to_string(), message, Instant::now()));
+                },
+            ),
+        )
+    };
+    let a = start(worker(&tx)).await;
+    let b = start(worker(&tx)).await;
+    let sender = start(app(broker(&cluster, "once")).durable("jobs", retention)).await;
+    for seq in 0..300 {
+        sender
+            .publisher()
+            .publish("jobs", &json!({ "seq": seq }))
+            .await
+            .unwrap();
+    }
+    let mut handled = Vec::new();
+    while handled.len() < 300 {
+        let (_, message, _) = recv(&mut rx, "every job").await;
+        handled.push(message["seq"].as_u64().unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx.try_recv().is_err(), "no job twice");
+    handled.sort_unstable();
+    assert_eq!(handled, (0..300).collect::<Vec<u64>>(), "each job once");
+    for running in [a, b, sender] {
+        running.shutdown().await;
+    }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, RedisError, Value};
 
 use super::durable::keys;
@@ -13,23 +13,77 @@ use super::{classify, RedisBroker};
 use crate::broker::durable::{split_live, GroupConsumer, GroupEntry};
 use crate::error::BrokerError;
 
+/// What a consumer needs of its broker: the stream's key, and connections of its own.
+pub(super) trait GroupBackend: Clone + Send + Sync + 'static {
+    /// A connection (one per consumer: its blocking reads hold nobody else up).
+    type Connection: ConnectionLike + Clone + Send + Sync + 'static;
+    /// The key of `channel`'s stream.
+    fn stream_key(&self, channel: &str) -> String;
+    /// The broker's configuration error, if any.
+    fn check(&self) -> Result<(), BrokerError>;
+    /// How long a command other than a blocking read may take.
+    fn command_timeout(&self) -> Duration;
+    /// A Redis error as a broker error.
+    fn classify(&self, e: &RedisError, timeout: Duration) -> BrokerError;
+    /// Opens a connection whose replies may take `response_timeout`.
+    fn open(
+        &self,
+        response_timeout: Duration,
+    ) -> BoxFuture<'_, Result<Self::Connection, BrokerError>>;
+}
+
+impl GroupBackend for RedisBroker {
+    type Connection = MultiplexedConnection;
+
+    fn stream_key(&self, channel: &str) -> String {
+        keys(&format!("{}{channel}", self.prefix)).0
+    }
+
+    fn check(&self) -> Result<(), BrokerError> {
+        self.check_config()
+    }
+
+    fn command_timeout(&self) -> Duration {
+        self.publish_timeout
+    }
+
+    fn classify(&self, e: &RedisError, timeout: Duration) -> BrokerError {
+        classify(e, &self.url, timeout)
+    }
+
+    fn open(
+        &self,
+        response_timeout: Duration,
+    ) -> BoxFuture<'_, Result<MultiplexedConnection, BrokerError>> {
+        Box::pin(async move {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.connect_timeout))
+                .set_response_timeout(Some(response_timeout));
+            self.client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(|e| classify(&e, &self.url, self.connect_timeout))
+        })
+    }
+}
+
 /// Extra time allowed for a blocking read's answer beyond its `BLOCK`.
 const READ_MARGIN: Duration = Duration::from_secs(5);
 
 /// One consumer of a group, on its own connection (opened lazily, replaced after an error).
-pub(super) struct RedisGroupConsumer {
-    broker: RedisBroker,
+pub(super) struct RedisGroupConsumer<B: GroupBackend> {
+    broker: B,
     stream: String,
     group: String,
     consumer: String,
-    connection: Option<MultiplexedConnection>,
+    connection: Option<B::Connection>,
     /// Whether the group was made sure of (created at the stream's end if it did not exist).
     ready: bool,
     /// Where the next `XAUTOCLAIM` starts.
     claim_cursor: String,
 }
 
-impl std::fmt::Debug for RedisGroupConsumer {
+impl<B: GroupBackend> std::fmt::Debug for RedisGroupConsumer<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisGroupConsumer")
             .field("stream", &self.stream)
@@ -39,9 +93,9 @@ impl std::fmt::Debug for RedisGroupConsumer {
     }
 }
 
-impl RedisGroupConsumer {
-    pub(super) fn new(broker: &RedisBroker, channel: &str, group: &str, consumer: &str) -> Self {
-        let (stream, _) = keys(&format!("{}{channel}", broker.prefix));
+impl<B: GroupBackend> RedisGroupConsumer<B> {
+    pub(super) fn new(broker: &B, channel: &str, group: &str, consumer: &str) -> Self {
+        let stream = broker.stream_key(channel);
         Self {
             broker: broker.clone(),
             stream,
@@ -53,22 +107,11 @@ impl RedisGroupConsumer {
         }
     }
 
-    async fn connection(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<MultiplexedConnection, BrokerError> {
+    async fn connection(&mut self, timeout: Duration) -> Result<B::Connection, BrokerError> {
         if let Some(c) = &self.connection {
             return Ok(c.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.broker.connect_timeout))
-            .set_response_timeout(Some(timeout));
-        let c = self
-            .broker
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| classify(&e, &self.broker.url, self.broker.connect_timeout))?;
+        let c = self.broker.open(timeout).await?;
         self.connection = Some(c.clone());
         Ok(c)
     }
@@ -78,13 +121,13 @@ impl RedisGroupConsumer {
         if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
             self.connection = None;
         }
-        classify(e, &self.broker.url, timeout)
+        self.broker.classify(e, timeout)
     }
 
     /// `XGROUP CREATE ... MKSTREAM` from `start` (`$`: the end; `0`: everything); an existing
     /// group is left as it is.
     async fn create_group(&mut self, start: &str) -> Result<(), BrokerError> {
-        let timeout = self.broker.publish_timeout;
+        let timeout = self.broker.command_timeout();
         let mut conn = self.connection(timeout + READ_MARGIN).await?;
         let result: Result<Value, RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -134,10 +177,10 @@ fn entries(list: Value, claimed: bool) -> Vec<GroupEntry> {
         .collect()
 }
 
-impl GroupConsumer for RedisGroupConsumer {
+impl<B: GroupBackend> GroupConsumer for RedisGroupConsumer<B> {
     fn prepare(&mut self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            self.broker.check_config()?;
+            self.broker.check()?;
             self.create_group("$").await?;
             self.ready = true;
             Ok(())
@@ -150,7 +193,7 @@ impl GroupConsumer for RedisGroupConsumer {
         block: Duration,
     ) -> BoxFuture<'_, Result<Vec<GroupEntry>, BrokerError>> {
         Box::pin(async move {
-            self.broker.check_config()?;
+            self.broker.check()?;
             if !self.ready {
                 self.create_group("$").await?;
                 self.ready = true;
@@ -210,7 +253,7 @@ impl GroupConsumer for RedisGroupConsumer {
             if offsets.is_empty() {
                 return Ok(());
             }
-            let timeout = self.broker.publish_timeout;
+            let timeout = self.broker.command_timeout();
             let mut conn = self.connection(timeout + READ_MARGIN).await?;
             let mut cmd = redis::cmd("XACK");
             cmd.arg(&self.stream).arg(&self.group);
@@ -228,7 +271,7 @@ impl GroupConsumer for RedisGroupConsumer {
         count: usize,
     ) -> BoxFuture<'_, Result<Vec<GroupEntry>, BrokerError>> {
         Box::pin(async move {
-            let timeout = self.broker.publish_timeout;
+            let timeout = self.broker.command_timeout();
             let mut conn = self.connection(timeout + READ_MARGIN).await?;
             let result: Result<Value, RedisError> = redis::cmd("XAUTOCLAIM")
                 .arg(&self.stream)

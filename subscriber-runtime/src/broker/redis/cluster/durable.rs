@@ -5,15 +5,24 @@
 //! (`<ns>:sb.stream{<tag>}:<channel>`, `<ns>:sb.meta{<tag>}:<channel>`), so that both keys and
 //! the partition channel are in one slot: the script's `XADD`, `HINCRBY` and `SPUBLISH` run on
 //! one primary, atomically, as on a single Redis. Each publish is one call of the script (the
-//! single-node broker batches the calls of a busy channel; this one does not yet).
+//! single-node broker batches the calls of a busy channel; this one does not yet). Run-once
+//! handlers' consumer groups are the single-node broker's (`group.rs`), each consumer on a
+//! cluster connection of its own.
 
 use std::sync::{Arc, LazyLock};
 
 use redis::Value;
 
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use redis::cluster_async::ClusterConnection;
+use redis::RedisError;
+
 use super::RedisClusterBroker;
 use crate::broker::redis::classify;
 use crate::broker::redis::durable::{parse_entries, tail_of};
+use crate::broker::redis::group::GroupBackend;
 use crate::broker::{Position, Retention, StreamRead};
 use crate::error::BrokerError;
 
@@ -121,6 +130,45 @@ impl RedisClusterBroker {
             epoch,
             entries: parse_entries(entries),
             last,
+        })
+    }
+}
+
+/// Run-once handlers' consumer groups on a cluster: each consumer has a cluster connection of its
+/// own (its blocking `XREADGROUP` holds up no other command), routed to the stream's primary.
+impl GroupBackend for RedisClusterBroker {
+    type Connection = ClusterConnection;
+
+    fn stream_key(&self, channel: &str) -> String {
+        self.stream_keys(channel).0
+    }
+
+    fn check(&self) -> Result<(), BrokerError> {
+        self.check_config()
+    }
+
+    fn command_timeout(&self) -> Duration {
+        self.publish_timeout
+    }
+
+    fn classify(&self, e: &RedisError, timeout: Duration) -> BrokerError {
+        classify(e, &self.urls, timeout)
+    }
+
+    fn open(
+        &self,
+        response_timeout: Duration,
+    ) -> BoxFuture<'_, Result<ClusterConnection, BrokerError>> {
+        Box::pin(async move {
+            let client = redis::cluster::ClusterClientBuilder::new(self.seeds.iter().cloned())
+                .connection_timeout(self.connect_timeout)
+                .response_timeout(response_timeout)
+                .build()
+                .map_err(|e| classify(&e, &self.urls, self.connect_timeout))?;
+            client
+                .get_async_connection()
+                .await
+                .map_err(|e| classify(&e, &self.urls, self.connect_timeout))
         })
     }
 }

@@ -96,16 +96,12 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// slot of the presence feed's partition, so a table write and its feed message are one
 /// `MULTI`/`EXEC` on one primary (all presence lives on that primary).
 ///
-/// # Durable channels
+/// # Durable channels and run-once handlers
 ///
 /// [Durable channels](crate::Builder::durable) work: a channel's stream and meta hash carry its
 /// partition's hash tag, so the publishing script runs on the partition's primary and
-/// `SPUBLISH`es the message there.
-///
-/// # Not (yet) on a cluster
-///
-/// Run-once handlers (consumer groups) need the single-node broker: an application with one
-/// refuses to start, saying so.
+/// `SPUBLISH`es the message there. Run-once handlers' consumer groups live on the same stream,
+/// each consumer on a cluster connection of its own.
 #[derive(Clone)]
 pub struct RedisClusterBroker {
     /// The seed nodes, as given.
@@ -478,6 +474,18 @@ impl Broker for RedisClusterBroker {
                 .await
                 .unwrap_or(Err(BrokerError::Timeout(self.publish_timeout)))
         })
+    }
+
+    fn group_consumer(
+        &self,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn crate::broker::GroupConsumer>, BrokerError> {
+        self.check_config()?;
+        Ok(Box::new(super::group::RedisGroupConsumer::new(
+            self, channel, group, consumer,
+        )))
     }
 
     fn read_stream(

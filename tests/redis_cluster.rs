@@ -510,6 +510,17 @@ async fn a_restarted_node_has_its_partitions_subscribed_again() {
     sender.shutdown().await;
 }
 
+/// What starting a worker with one handler on `broker` fails with.
+async fn start_error(broker: RedisClusterBroker) -> Error {
+    app(broker)
+        .subscriber(Subscriber::channels(["a"]).name("a").handle(|| async {}))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test]
 async fn bad_configuration_is_refused_with_a_clear_error() {
     let no_urls = RedisClusterBroker::from_urls(Vec::<String>::new()).unwrap_err();
@@ -534,13 +545,7 @@ async fn bad_configuration_is_refused_with_a_clear_error() {
     let braces = RedisClusterBroker::from_urls(["redis://127.0.0.1:1"])
         .unwrap()
         .namespace("app{1}");
-    let err = app(braces)
-        .subscriber(Subscriber::channels(["a"]).name("a").handle(|| async {}))
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap_err();
+    let err = start_error(braces).await;
     assert!(
         matches!(&err, Error::Broker(BrokerError::Config(m)) if m.contains("hash tag")),
         "{err}"
@@ -548,13 +553,7 @@ async fn bad_configuration_is_refused_with_a_clear_error() {
     let zero = RedisClusterBroker::from_urls(["redis://127.0.0.1:1"])
         .unwrap()
         .partitions(0);
-    let err = app(zero)
-        .subscriber(Subscriber::channels(["a"]).name("a").handle(|| async {}))
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap_err();
+    let err = start_error(zero).await;
     assert!(
         matches!(&err, Error::Broker(BrokerError::Config(m)) if m.contains("between 1 and 1024")),
         "{err}"
@@ -565,13 +564,7 @@ async fn bad_configuration_is_refused_with_a_clear_error() {
         .unwrap()
         .connect_timeout(Duration::from_millis(500));
     let started = Instant::now();
-    let err = app(unreachable)
-        .subscriber(Subscriber::channels(["a"]).name("a").handle(|| async {}))
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap_err();
+    let err = start_error(unreachable).await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
         matches!(&err, Error::Broker(BrokerError::Unreachable(m)) if m.contains("127.0.0.1:1")),

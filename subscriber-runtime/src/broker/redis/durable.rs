@@ -198,42 +198,53 @@ impl RedisBroker {
             .get(&self.client, self.publish_timeout)
             .await
             .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
-        // One transaction: the epoch, the newest offset and the entries agree.
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HMGET")
-            .arg(&meta)
-            .arg("epoch")
-            .arg("offset")
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("{}-0", after.saturating_add(1)))
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit.max(1));
         let result: Result<(Vec<Option<String>>, Value), RedisError> =
-            pipe.query_async(&mut conn).await;
-        let (meta, entries) = match result {
-            Ok(r) => r,
+            read_pipeline(&stream, &meta, after, limit)
+                .query_async(&mut conn)
+                .await;
+        match result {
+            Ok((meta, entries)) => Ok(stream_read(&meta, entries)),
             Err(e) => {
                 if e.is_unrecoverable_error() || e.is_io_error() || e.is_connection_dropped() {
                     self.reader.discard(generation);
                 }
-                return Err(classify(&e, &self.url, self.publish_timeout));
+                Err(classify(&e, &self.url, self.publish_timeout))
             }
-        };
-        let epoch = meta.first().cloned().flatten().map(Arc::from);
-        let last = meta
-            .get(1)
-            .cloned()
-            .flatten()
-            .and_then(|o| o.parse().ok())
-            .unwrap_or(0);
-        Ok(StreamRead {
-            epoch,
-            entries: parse_entries(entries),
-            last,
-        })
+        }
+    }
+}
+
+/// One transaction that reads a stream: its meta hash's epoch and newest offset, and the entries
+/// after `after` (at most `limit`), so that the three agree.
+pub(super) fn read_pipeline(stream: &str, meta: &str, after: u64, limit: usize) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("HMGET")
+        .arg(meta)
+        .arg("epoch")
+        .arg("offset")
+        .cmd("XRANGE")
+        .arg(stream)
+        .arg(format!("{}-0", after.saturating_add(1)))
+        .arg("+")
+        .arg("COUNT")
+        .arg(limit.max(1));
+    pipe
+}
+
+/// The answer of [`read_pipeline`] as a [`StreamRead`].
+pub(super) fn stream_read(meta: &[Option<String>], entries: Value) -> StreamRead {
+    let epoch = meta.first().cloned().flatten().map(Arc::from);
+    let last = meta
+        .get(1)
+        .cloned()
+        .flatten()
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    StreamRead {
+        epoch,
+        entries: parse_entries(entries),
+        last,
     }
 }
 

@@ -21,7 +21,7 @@ use redis::RedisError;
 
 use super::RedisClusterBroker;
 use crate::broker::redis::classify;
-use crate::broker::redis::durable::{parse_entries, tail_of};
+use crate::broker::redis::durable::{read_pipeline, stream_read, tail_of};
 use crate::broker::redis::group::GroupBackend;
 use crate::broker::{Position, Retention, StreamRead};
 use crate::error::BrokerError;
@@ -101,36 +101,13 @@ impl RedisClusterBroker {
             .publisher()
             .await
             .map_err(|e| classify(&e, &self.urls, self.connect_timeout))?;
-        // One transaction, on the slot's primary: the epoch, the newest offset and the entries
-        // agree.
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HMGET")
-            .arg(&meta)
-            .arg("epoch")
-            .arg("offset")
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("{}-0", after.saturating_add(1)))
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit.max(1));
-        let (meta, entries): (Vec<Option<String>>, Value) = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| classify(&e, &self.urls, self.publish_timeout))?;
-        let epoch = meta.first().cloned().flatten().map(Arc::from);
-        let last = meta
-            .get(1)
-            .cloned()
-            .flatten()
-            .and_then(|o| o.parse().ok())
-            .unwrap_or(0);
-        Ok(StreamRead {
-            epoch,
-            entries: parse_entries(entries),
-            last,
-        })
+        // One transaction, on the slot's primary.
+        let (meta, entries): (Vec<Option<String>>, Value) =
+            read_pipeline(&stream, &meta, after, limit)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| classify(&e, &self.urls, self.publish_timeout))?;
+        Ok(stream_read(&meta, entries))
     }
 }
 

@@ -20,6 +20,8 @@
 
 #[path = "../tests/support/redis_cluster.rs"]
 mod redis_cluster;
+#[path = "support/redis_cpu.rs"]
+mod redis_cpu;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,20 +40,11 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The CPU the Redis node on `port` has used, in seconds.
 async fn cpu_seconds(port: u16) -> f64 {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k == "used_cpu_user" || k == "used_cpu_sys").then(|| v.trim().parse::<f64>().ok())?
-        })
-        .sum()
+    redis_cpu::redis_cpu_seconds(&mut conn).await
 }
 
 /// A one-node cluster: a cluster-enabled `redis-server` that owns all 16,384 slots.

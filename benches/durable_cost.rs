@@ -11,11 +11,15 @@
 //! (default 3), and the medians are printed. Then Redis's memory per retained message: `MEMORY
 //! USAGE` of a durable channel's stream holding 10,000 messages, divided by 10,000.
 
+#[path = "support/redis_cpu.rs"]
+mod redis_cpu;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use redis_cpu::redis_cpu_seconds;
 use serde_json::json;
 use switchboard::broker::{RedisBroker, Retention};
 use switchboard::prelude::*;
@@ -31,20 +35,6 @@ fn cpu_ticks_self() -> u64 {
 fn ticks_per_second() -> f64 {
     // The kernel's USER_HZ: 100 on Linux.
     100.0
-}
-
-async fn redis_cpu_seconds(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k == "used_cpu_user" || k == "used_cpu_sys").then(|| v.trim().parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 struct Run {

@@ -585,6 +585,19 @@ fn a_shared_slot_count_gives_every_process_the_same_partitions() {
     }
 }
 
+/// Cuts every subscriber connection to `node` (`CLIENT KILL TYPE pubsub`), as a network blip or
+/// a restart would; returns how many.
+async fn cut_subscribers(cluster: &RedisCluster, node: u16) -> i64 {
+    let mut admin = cluster.connection(node).await;
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap()
+}
+
 /// The channels of `a` and `b` on which the crate's client receives within 3 s.
 async fn crate_receives(
     publisher: &mut redis::aio::MultiplexedConnection,
@@ -690,14 +703,8 @@ async fn after_a_reconnect_the_redis_crate_loses_sharded_subscriptions_and_the_b
     let sender = start(app(broker.clone())).await;
 
     // Every subscriber connection on the node is cut, as a network blip or a restart would.
+    let killed = cut_subscribers(&cluster, node).await;
     let mut admin = cluster.connection(node).await;
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
     assert!(
         killed >= 2,
         "both clients' subscriber connections cut: {killed}"
@@ -761,14 +768,7 @@ async fn a_durable_channel_on_a_cluster_fills_the_gap_of_a_cut_subscription() {
     let (_, node) = owner_of(&cluster, &broker(&cluster, "durable"), "ledger").await;
     let publishing = spawn_publisher(sender.publisher(), "ledger", 2_000, 1_000);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let mut admin = cluster.connection(node).await;
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let killed = cut_subscribers(&cluster, node).await;
     assert!(killed >= 1, "the worker's subscriber connection was cut");
     let sent = publishing.await.unwrap();
     assert_eq!(sent.len(), 2_000, "every durable publish succeeded");

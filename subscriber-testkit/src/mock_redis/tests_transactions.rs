@@ -377,7 +377,9 @@ impl RealRedis {
                 std::env::var_os("REDIS_URL").is_none(),
                 "REDIS_URL is set but redis-server could not be started: the mock cannot be compared with a real Redis"
             );
-            eprintln!("redis-server is not on PATH: skipping the comparison with a real Redis");
+            tracing::warn!(
+                "redis-server is not on PATH: skipping the comparison with a real Redis"
+            );
         }
         real
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchboard::broker::{RedisBroker, Retention};
 use switchboard::prelude::*;
-use switchboard::testing::{FaultProxy, TestRedis};
+use switchboard::testing::{FaultProxy, MockRedis, TestRedis};
 use switchboard::{BuildError, Error, Matcher, MemoryBroker, Running};
 
 /// What a handler saw: the message's `n`, its offset, and whether it was recovered.
@@ -415,6 +415,206 @@ async fn what_the_retention_trimmed_is_counted_as_lost_and_the_rest_handled_in_o
     assert!(ns.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
     assert_eq!(ns.len() as u64 + lost(), 301, "handled + lost = published");
     assert!(ns.len() >= 11, "at least the retention's 10 and the first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_time_window_trimmed_is_counted_as_lost_and_the_rest_handled_in_order() {
+    // A window of 1 s in time (and room for 10,000 messages): while the worker is cut off for
+    // 2.5 s, a message every 20 ms; the ones older than the window when it comes back are gone.
+    let window = Duration::from_secs(1);
+    let CutOff {
+        redis: _redis,
+        proxy,
+        victim,
+        log,
+        source,
+        ..
+    } = cut_off(
+        "window",
+        "recent",
+        Retention::new().messages(10_000).age(window),
+    )
+    .await;
+    proxy.cut_for(Duration::from_millis(2_500));
+    let cut_at = Instant::now();
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pacer = {
+        let (published, stop, publisher) = (published.clone(), stop.clone(), source.publisher());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                publisher.publish("recent", &json!({"n": n})).await.unwrap();
+                published.store(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // Publishing goes on until the worker is back and has caught up with something recent.
+    eventually("the worker back", Duration::from_secs(20), || {
+        cut_at.elapsed() > Duration::from_millis(2_500)
+            && log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, _, recovered)| !recovered)
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    pacer.await.unwrap();
+    let total = published.load(Ordering::SeqCst);
+    eventually(
+        "every message handled or lost",
+        Duration::from_secs(10),
+        || handled(&log).last() == Some(&total),
+    )
+    .await;
+    victim.wait_idle().await;
+    let ns = handled(&log);
+    let lost = victim.stats().durable_lost;
+    assert!(ns.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
+    assert_eq!(
+        ns.len() as u64 + lost,
+        total + 1,
+        "handled + lost = published"
+    );
+    // 2.5 s away with a 1 s window (kept at most 1/16 longer): at least the first second's
+    // messages (about 50) are gone, and what came in the window before the return is handled.
+    assert!(
+        lost >= 25,
+        "the window trimmed the oldest: {lost} lost of {total}"
+    );
+    assert!(
+        ns.iter().any(|n| *n > 1 && *n < total - 5),
+        "recovered messages from inside the window: {ns:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_went_back_hands_its_reused_offsets_to_handlers() {
+    // As after a failover to a replica that had not received the last writes: the stream and its
+    // offset go back from 6 to 3 while the worker is away, and the next messages get offsets 4
+    // and 5 again. The worker, back, must take them for new messages, not for duplicates.
+    let CutOff {
+        redis,
+        proxy,
+        ns,
+        victim,
+        log,
+        source,
+        ..
+    } = cut_off("rollback", "ledger", Retention::default()).await;
+    for n in 1..=5 {
+        source
+            .publisher()
+            .publish("ledger", &json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    eventually("offsets 1 to 6", Duration::from_secs(10), || {
+        log.lock().unwrap().len() == 6
+    })
+    .await;
+    proxy.cut_for(Duration::from_millis(300));
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // The stream as the replica has it: entries 1 to 3 only (its last ID 3-0), offset 3.
+    let (stream, meta) = (
+        format!("switchboard:stream:{{{ns}:ledger}}"),
+        format!("switchboard:meta:{{{ns}:ledger}}"),
+    );
+    let kept: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("3-0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 3);
+    let mut pipe = redis::pipe();
+    pipe.atomic().del(&stream).ignore();
+    for (id, fields) in &kept {
+        pipe.cmd("XADD").arg(&stream).arg(id).arg(fields).ignore();
+    }
+    pipe.hset(&meta, "offset", 3).ignore();
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    eventually("the worker back", Duration::from_secs(10), || {
+        victim.stats().reconnects >= 1
+    })
+    .await;
+    // (its catch-up, which finds the stream behind it)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    victim.wait_idle().await;
+    for n in 6..=7 {
+        let at = source
+            .publisher()
+            .publish_durable("ledger", &json!({"n": n}))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(at.offset, n - 2, "the offsets handed out again");
+    }
+    eventually("the two new messages", Duration::from_secs(10), || {
+        handled(&log).last() == Some(&7)
+    })
+    .await;
+    victim.wait_idle().await;
+    assert_eq!(handled(&log), (0..=7).collect::<Vec<_>>());
+    assert_eq!(victim.stats().durable_duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_behind_a_publisher_that_gives_up_mid_send_are_still_answered() {
+    // A publisher dropped while Redis does not answer its publish, with 20 publishes queued
+    // behind it on the channel: they must be sent (or fail with a timeout), never left waiting,
+    // and the channel must publish again afterwards.
+    let redis = MockRedis::start().await;
+    let broker = RedisBroker::from_url(&redis.url())
+        .unwrap()
+        .namespace(namespace("handoff"))
+        .publish_timeout(Duration::from_millis(500));
+    let source = publisher(broker, "handoff", Retention::default()).await;
+    let first = source
+        .publisher()
+        .publish_durable("handoff", &json!({"n": 0}))
+        .await
+        .unwrap()
+        .unwrap();
+    redis.stall_connections();
+    let publish = |n: u64| {
+        let publisher = source.publisher();
+        tokio::spawn(async move { publisher.publish_durable("handoff", &json!({"n": n})).await })
+    };
+    let sender = publish(1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let queued: Vec<_> = (2..22).map(publish).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sender.abort();
+    let mut offsets = vec![];
+    for publish in queued {
+        let answer = tokio::time::timeout(Duration::from_secs(10), publish)
+            .await
+            .expect("answered, not left waiting")
+            .unwrap();
+        match answer {
+            Ok(position) => offsets.push(position.expect("a durable channel").offset),
+            Err(switchboard::PublishError::Broker(switchboard::BrokerError::Timeout(_))) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    // What was sent got consecutive offsets (the tasks queued in no set order), each once.
+    offsets.sort_unstable();
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+    // The connection is replaced, and the channel publishes again.
+    let later = source
+        .publisher()
+        .publish_durable("handoff", &json!({"n": 99}))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(later.epoch, first.epoch);
+    assert!(later.offset > first.offset);
 }
 
 #[tokio::test]

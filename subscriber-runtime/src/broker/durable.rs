@@ -14,9 +14,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use regex::Regex;
 
-/// How much of a durable channel's history is kept: at least the last
-/// [`messages`](Self::messages) messages (Redis trims in whole stream nodes, so it may keep a
-/// few more), and the whole stream is deleted [`age`](Self::age) after the last publish on it.
+/// How much of a durable channel's history is kept: a window in messages and in time.
+///
+/// - At most about the last [`messages`](Self::messages) messages: Redis trims in whole stream
+///   nodes (`MAXLEN ~`), so it may keep a few more.
+/// - Each message for [`age`](Self::age): it is removed between `age` and `age + age/16` after
+///   it was published (Redis checks the window once per sixteenth of it, on a publish), and the
+///   whole stream goes between `age` and `age + age/16` after the last publish. A worker or a
+///   client that comes back after longer gets `recovered: false` for what is gone, which is
+///   counted as lost.
 ///
 /// ```
 /// use std::time::Duration;
@@ -55,7 +61,9 @@ impl Retention {
         self
     }
 
-    /// Deletes the history `age` after the last publish (at least 1 ms, at most 365 days).
+    /// Keeps each message for `age` after its publish, and at most `age/16` more (at least 1
+    /// ms, at most 365 days). The time is the publisher's clock: keep workers' clocks in sync
+    /// (NTP), or a skewed publisher's messages go early or late.
     #[must_use]
     pub fn age(mut self, age: Duration) -> Self {
         self.age = age.clamp(
@@ -70,7 +78,7 @@ impl Retention {
         self.messages
     }
 
-    /// How long the history lives after the last publish.
+    /// How long each message is kept (and the history after the last publish).
     pub fn max_age(&self) -> Duration {
         self.age
     }

@@ -47,7 +47,8 @@ pub struct MemoryBroker {
 #[derive(Debug)]
 struct MemoryStream {
     epoch: Arc<str>,
-    entries: VecDeque<(u64, Bytes)>,
+    /// `(offset, payload, published at)`, offsets ascending without holes.
+    entries: VecDeque<(u64, Bytes, Instant)>,
     last: u64,
     expires: Instant,
     groups: HashMap<String, MemoryGroup>,
@@ -145,9 +146,19 @@ impl Broker for MemoryBroker {
             });
         stream.last += 1;
         stream.expires = now + retention.max_age();
-        stream.entries.push_back((stream.last, payload.clone()));
+        stream
+            .entries
+            .push_back((stream.last, payload.clone(), now));
+        // The window in messages, then in time (exactly: Redis may keep a little more of both).
         let keep = usize::try_from(retention.max_messages()).unwrap_or(usize::MAX);
         while stream.entries.len() > keep {
+            stream.entries.pop_front();
+        }
+        while stream
+            .entries
+            .front()
+            .is_some_and(|(_, _, at)| now.duration_since(*at) > retention.max_age())
+        {
             stream.entries.pop_front();
         }
         let position = Position {
@@ -201,9 +212,9 @@ impl Broker for MemoryBroker {
                 entries: stream
                     .entries
                     .iter()
-                    .filter(|(offset, _)| *offset > after)
+                    .filter(|(offset, _, _)| *offset > after)
                     .take(limit)
-                    .cloned()
+                    .map(|(offset, payload, _)| (*offset, payload.clone()))
                     .collect(),
                 last: stream.last,
             },
@@ -261,7 +272,7 @@ impl MemoryConsumer {
 
     fn entry(stream: &MemoryStream, offset: u64, claimed: bool) -> Option<GroupEntry> {
         let first = stream.entries.front()?.0;
-        let (_, payload) = stream
+        let (_, payload, _) = stream
             .entries
             .get(usize::try_from(offset.checked_sub(first)?).ok()?)?;
         Some(GroupEntry {
@@ -423,5 +434,39 @@ impl PresenceStore for MemoryBroker {
     fn leave(&self, group: &str, member: GroupMember) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.presence.leave(group, &member);
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_keeps_its_window_in_messages_and_in_time() {
+        let broker = MemoryBroker::new();
+        let age = Duration::from_secs(1);
+        let retention = Retention::new().messages(3).age(age);
+        for n in 1..=5 {
+            let payload = Bytes::from(format!("{{\"n\":{n}}}"));
+            broker
+                .publish_durable("c", payload, retention)
+                .await
+                .unwrap();
+        }
+        let read = broker.read_stream("c", 0, 100).await.unwrap();
+        let offsets: Vec<u64> = read.entries.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [3, 4, 5], "the last 3 messages");
+        // A publish 600 ms later keeps the stream; 600 ms after it, the first five are past the
+        // window, and the next publish leaves the last two.
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            broker
+                .publish_durable("c", Bytes::from_static(b"{}"), retention)
+                .await
+                .unwrap();
+        }
+        let read = broker.read_stream("c", 0, 100).await.unwrap();
+        let offsets: Vec<u64> = read.entries.iter().map(|(o, _)| *o).collect();
+        assert_eq!((offsets, read.last), (vec![6, 7], 7));
     }
 }

@@ -7,7 +7,8 @@
 //! - A message of another epoch means the stream started again (it expired, or Redis lost its
 //!   data): the new epoch's earlier messages are read from offset 1.
 //! - After a reconnect (and once at start), every channel with a cursor is read from its cursor
-//!   to the end of its stream ([`Work::CatchUp`](super::Work)).
+//!   to the end of its stream ([`Work::CatchUp`](super::Work)), at most [`MAX_CATCH_UP_READS`]
+//!   streams at a time.
 //! - What the stream no longer holds (trimmed by its retention, or expired) is counted in
 //!   [`Stats::durable_lost`](crate::Stats::durable_lost) and logged.
 
@@ -25,6 +26,12 @@ use crate::observe::stats::Counters;
 const BATCH: usize = 256;
 /// How many times a failed read of a stream is tried before the gap is given up as lost.
 const READ_ATTEMPTS: u32 = 6;
+/// At most this many reads of streams at a time for recoveries (the dispatcher's
+/// `catch_up_reads`). After a reconnect every durable channel with a cursor is read again, each
+/// in its lane, and lanes alone would allow `max_concurrent_channels` reads of up to [`BATCH`]
+/// entries at once on a Redis that just came back; the cap holds only the read itself, not the
+/// handlers' runs nor the wait before a retry.
+pub(super) const MAX_CATCH_UP_READS: usize = 8;
 
 /// Where the worker is in a durable channel's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +196,22 @@ impl Dispatcher {
                 }
                 cursor.epoch = Some(epoch.clone());
             }
+            if read.last < cursor.offset {
+                // The stream is behind what this worker handled, in the same epoch: Redis went
+                // back (a failover to a replica that had not received the last writes, or a
+                // restart that lost them), and the offsets after its top will be handed out
+                // again, to new messages. Taken for duplicates, they would be skipped.
+                tracing::warn!(
+                    channel = %channel,
+                    worker_id = %self.config.worker_id,
+                    handled = cursor.offset,
+                    stream_top = read.last,
+                    "durable channel's stream went back (a Redis failover or restart lost its last writes): the offsets after its top are taken as new messages"
+                );
+                cursor.offset = read.last;
+                self.cursors.set(channel, cursor.clone());
+                continue;
+            }
             let limit = until.map_or(u64::MAX, |u| u.offset - 1);
             let mut progressed = false;
             for (offset, payload) in read.entries {
@@ -240,7 +263,15 @@ impl Dispatcher {
         let broker = self.shared.publisher.broker();
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=READ_ATTEMPTS {
-            match broker.read_stream(channel, after, BATCH).await {
+            let read = {
+                let _permit = self
+                    .catch_up_reads
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                broker.read_stream(channel, after, BATCH).await
+            };
+            match read {
                 Ok(read) => return Some(read),
                 Err(error) => {
                     tracing::warn!(
@@ -275,5 +306,215 @@ impl Dispatcher {
             reason = why,
             "durable channel's messages lost to this worker"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::future::BoxFuture;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::broker::{Broker, Inbox, Retention, StreamRead, Subscriptions};
+    use crate::{BrokerError, Channel, MemoryBroker, Message, Subscriber, Switchboard};
+
+    /// The worker's link to the in-process bus, which the test cuts and restores.
+    #[derive(Debug)]
+    struct Link {
+        subscriptions: Subscriptions,
+        inbox: Inbox,
+        shutdown: CancellationToken,
+        current: CancellationToken,
+    }
+
+    /// The in-process broker, whose stream reads take a while and are counted (how many at once,
+    /// at most), and whose subscription can be cut and restored (a reconnect).
+    #[derive(Debug, Clone, Default)]
+    struct SlowReads {
+        inner: MemoryBroker,
+        reads: Arc<AtomicUsize>,
+        max_reads: Arc<AtomicUsize>,
+        link: Arc<Mutex<Option<Link>>>,
+    }
+
+    impl SlowReads {
+        fn cut(&self) {
+            self.link.lock().unwrap().as_ref().unwrap().current.cancel();
+        }
+
+        async fn restore(&self) {
+            let (subscriptions, inbox, current) = {
+                let mut link = self.link.lock().unwrap();
+                let link = link.as_mut().unwrap();
+                link.current = link.shutdown.child_token();
+                (
+                    link.subscriptions.clone(),
+                    link.inbox.clone(),
+                    link.current.clone(),
+                )
+            };
+            self.inner
+                .subscribe(subscriptions, inbox.clone(), current)
+                .await
+                .unwrap();
+            inbox.count_reconnect();
+        }
+    }
+
+    /// Decrements the count of reads in flight when a read ends.
+    struct InFlight(Arc<AtomicUsize>);
+
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Broker for SlowReads {
+        fn publish(&self, channel: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.inner.publish(channel, payload)
+        }
+
+        fn subscribe(
+            &self,
+            subscriptions: Subscriptions,
+            inbox: Inbox,
+            shutdown: CancellationToken,
+        ) -> BoxFuture<'_, Result<(), BrokerError>> {
+            let current = shutdown.child_token();
+            *self.link.lock().unwrap() = Some(Link {
+                subscriptions: subscriptions.clone(),
+                inbox: inbox.clone(),
+                shutdown,
+                current: current.clone(),
+            });
+            self.inner.subscribe(subscriptions, inbox, current)
+        }
+
+        fn kind(&self) -> &'static str {
+            "slow reads"
+        }
+
+        fn has_streams(&self) -> bool {
+            true
+        }
+
+        fn publish_durable(
+            &self,
+            channel: &str,
+            payload: Bytes,
+            retention: Retention,
+        ) -> BoxFuture<'_, Result<Position, BrokerError>> {
+            self.inner.publish_durable(channel, payload, retention)
+        }
+
+        fn read_stream(
+            &self,
+            channel: &str,
+            after: u64,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<StreamRead, BrokerError>> {
+            let channel = channel.to_owned();
+            Box::pin(async move {
+                let now = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+                let _in_flight = InFlight(self.reads.clone());
+                self.max_reads.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.inner.read_stream(&channel, after, limit).await
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn catch_ups_after_a_reconnect_read_at_most_max_catch_up_reads_streams_at_once() {
+        const CHANNELS: usize = 40;
+        let channels: Vec<String> = (0..CHANNELS).map(|i| format!("ledger:{i}")).collect();
+        let broker = SlowReads::default();
+        let log: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        let sink = log.clone();
+        let running = Switchboard::builder()
+            .without_linked_handlers()
+            .framework_channels(false)
+            .broker(broker.clone())
+            .subscriber(
+                Subscriber::channels(channels.clone())
+                    .name("ledger")
+                    .durable()
+                    .handle(move |Message(m): Message, channel: Channel| {
+                        let sink = sink.clone();
+                        async move {
+                            let n = m["n"].as_u64().unwrap();
+                            sink.lock().unwrap().push((channel.to_string(), n));
+                        }
+                    }),
+            )
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        // Another worker on the same bus publishes (a worker skips its own messages).
+        let mut source = Switchboard::builder()
+            .without_linked_handlers()
+            .framework_channels(false)
+            .broker(broker.inner.clone());
+        for channel in &channels {
+            source = source.durable(channel.as_str(), Retention::default());
+        }
+        let source = source.build().unwrap().start().await.unwrap();
+        let publish = |n: u64| {
+            let (source, channels) = (&source, &channels);
+            async move {
+                for channel in channels {
+                    source
+                        .publisher()
+                        .publish(channel, &serde_json::json!({"n": n}))
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        let wait_for = |count: usize| {
+            let log = &log;
+            async move {
+                let start = Instant::now();
+                while log.lock().unwrap().len() < count {
+                    assert!(start.elapsed() < Duration::from_secs(20), "never handled");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        publish(0).await;
+        wait_for(CHANNELS).await;
+        running.wait_idle().await;
+
+        // Cut off: three messages per channel go to the streams only; the reconnect reads them.
+        broker.cut();
+        for n in 1..=3 {
+            publish(n).await;
+        }
+        broker.max_reads.store(0, Ordering::SeqCst);
+        broker.restore().await;
+        wait_for(4 * CHANNELS).await;
+        running.wait_idle().await;
+
+        let max = broker.max_reads.load(Ordering::SeqCst);
+        assert!(
+            max <= MAX_CATCH_UP_READS,
+            "{max} stream reads at once, above the cap"
+        );
+        assert!(max > 1, "the catch-ups read concurrently: {max}");
+        let log = log.lock().unwrap().clone();
+        for channel in &channels {
+            let handled: Vec<u64> = log
+                .iter()
+                .filter(|(c, _)| c == channel)
+                .map(|(_, n)| *n)
+                .collect();
+            assert_eq!(handled, [0, 1, 2, 3], "{channel}");
+        }
+        assert_eq!(running.stats().durable_lost, 0);
     }
 }

@@ -147,6 +147,9 @@ pub(crate) struct Dispatcher {
     invalid_log: KeyedRateLimit,
     /// Where this worker is in each durable channel's stream.
     pub(crate) cursors: durable::Cursors,
+    /// The reads of durable channels' streams in flight for recoveries (catch-ups after a
+    /// reconnect, gaps before a live message): at most [`durable::MAX_CATCH_UP_READS`].
+    catch_up_reads: Semaphore,
 }
 
 /// The key of the warnings about a channel's invalid payloads (no handler).
@@ -179,6 +182,7 @@ impl Dispatcher {
             lanes: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             cursors: durable::Cursors::default(),
+            catch_up_reads: Semaphore::new(durable::MAX_CATCH_UP_READS),
         }
     }
 

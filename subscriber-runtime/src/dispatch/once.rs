@@ -20,7 +20,8 @@ use crate::observe::stats::{Counters, RateLimit};
 
 /// Entries read (or claimed) at a time.
 const BATCH: usize = 64;
-/// The longest a read waits for a new entry (so that claims are looked for in between).
+/// The longest a read waits for a new entry (so that claims are looked for in between, and so
+/// that a shutdown, which lets the read in flight finish, waits no longer).
 const MAX_BLOCK: Duration = Duration::from_secs(1);
 
 /// The consumer group of a run-once handler.
@@ -73,16 +74,30 @@ impl Dispatcher {
         let mut delay = Duration::from_millis(100);
         let warn = RateLimit::new(Duration::from_secs(5));
         loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
             let block = next_claim
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(1), MAX_BLOCK);
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return,
-                read = consumer.read(BATCH, block) => read,
-            };
-            match read {
+            // Not cancelled at shutdown: a read the broker already answered has delivered its
+            // entries to this consumer, and dropping it would leave them pending in the group
+            // (run nowhere until another worker claims them after `claim_idle`). It ends within
+            // `block` (at most MAX_BLOCK, plus the broker's reply timeout), and what it returns
+            // still runs and is acknowledged: the dispatcher waits for its task tracker, up to
+            // the grace period, at shutdown.
+            match consumer.read(BATCH, block).await {
                 Ok(entries) => {
                     delay = Duration::from_millis(100);
+                    if shutdown.is_cancelled() && !entries.is_empty() {
+                        tracing::debug!(
+                            handler = %handler,
+                            channel = %channel,
+                            worker_id = %self.config.worker_id,
+                            entries = entries.len(),
+                            "run-once handler: shutting down; running what the last read took before stopping"
+                        );
+                    }
                     self.run_entries(index, &channel, &mut *consumer, entries)
                         .await;
                 }
@@ -105,7 +120,9 @@ impl Dispatcher {
                     continue;
                 }
             }
-            if Instant::now() >= next_claim {
+            // No new claim once shutting down: what is claimed now would only be held until
+            // the grace period ends.
+            if !shutdown.is_cancelled() && Instant::now() >= next_claim {
                 next_claim = Instant::now() + claim_every;
                 match consumer.claim(claim_idle, BATCH).await {
                     Ok(entries) => {
@@ -194,5 +211,183 @@ impl Dispatcher {
             outcome: outcome.clone(),
             elapsed: started.elapsed(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+    use crate::broker::{Broker, Inbox, Position, Retention, StreamRead, Subscriptions};
+    use crate::{BrokerError, MemoryBroker, Message, Subscriber, Switchboard};
+
+    /// What the slow consumers saw: whether a read returned entries, and the offsets acked.
+    #[derive(Debug, Default)]
+    struct Seen {
+        answered: AtomicBool,
+        acked: Mutex<Vec<u64>>,
+    }
+
+    /// The in-process broker, whose consumers' reads that take entries return them only after
+    /// `reply` (a Redis reply in flight: the entries are already delivered in the group).
+    #[derive(Debug, Clone)]
+    struct SlowReplies {
+        inner: MemoryBroker,
+        reply: Duration,
+        seen: Arc<Seen>,
+    }
+
+    #[derive(Debug)]
+    struct SlowConsumer {
+        inner: Box<dyn GroupConsumer>,
+        reply: Duration,
+        seen: Arc<Seen>,
+    }
+
+    impl GroupConsumer for SlowConsumer {
+        fn prepare(&mut self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.inner.prepare()
+        }
+
+        fn read(
+            &mut self,
+            count: usize,
+            block: Duration,
+        ) -> BoxFuture<'_, Result<Vec<GroupEntry>, BrokerError>> {
+            Box::pin(async move {
+                let entries = self.inner.read(count, block).await?;
+                if !entries.is_empty() {
+                    self.seen.answered.store(true, Ordering::SeqCst);
+                    tokio::time::sleep(self.reply).await;
+                }
+                Ok(entries)
+            })
+        }
+
+        fn ack(&mut self, offsets: Vec<u64>) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.seen.acked.lock().unwrap().extend(&offsets);
+            self.inner.ack(offsets)
+        }
+
+        fn claim(
+            &mut self,
+            min_idle: Duration,
+            count: usize,
+        ) -> BoxFuture<'_, Result<Vec<GroupEntry>, BrokerError>> {
+            self.inner.claim(min_idle, count)
+        }
+    }
+
+    impl Broker for SlowReplies {
+        fn publish(&self, channel: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.inner.publish(channel, payload)
+        }
+
+        fn subscribe(
+            &self,
+            subscriptions: Subscriptions,
+            inbox: Inbox,
+            shutdown: CancellationToken,
+        ) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.inner.subscribe(subscriptions, inbox, shutdown)
+        }
+
+        fn kind(&self) -> &'static str {
+            "slow replies"
+        }
+
+        fn has_streams(&self) -> bool {
+            true
+        }
+
+        fn publish_durable(
+            &self,
+            channel: &str,
+            payload: Bytes,
+            retention: Retention,
+        ) -> BoxFuture<'_, Result<Position, BrokerError>> {
+            self.inner.publish_durable(channel, payload, retention)
+        }
+
+        fn read_stream(
+            &self,
+            channel: &str,
+            after: u64,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<StreamRead, BrokerError>> {
+            self.inner.read_stream(channel, after, limit)
+        }
+
+        fn group_consumer(
+            &self,
+            channel: &str,
+            group: &str,
+            consumer: &str,
+        ) -> Result<Box<dyn GroupConsumer>, BrokerError> {
+            Ok(Box::new(SlowConsumer {
+                inner: self.inner.group_consumer(channel, group, consumer)?,
+                reply: self.reply,
+                seen: self.seen.clone(),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_answered_when_shutdown_starts_is_run_and_acknowledged() {
+        let bus = MemoryBroker::new();
+        let seen = Arc::new(Seen::default());
+        let broker = SlowReplies {
+            inner: bus.clone(),
+            reply: Duration::from_millis(300),
+            seen: seen.clone(),
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let running = Switchboard::builder()
+            .without_linked_handlers()
+            .framework_channels(false)
+            .broker(broker)
+            .subscriber(Subscriber::channels(["jobs"]).name("charge").once().handle(
+                move |Message(m): Message| {
+                    let sink = sink.clone();
+                    async move { sink.lock().unwrap().push(m["n"].as_u64().unwrap()) }
+                },
+            ))
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        // A run-once message runs on the worker that published it too.
+        running
+            .publisher()
+            .publish("jobs", &serde_json::json!({"n": 7}))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        while !seen.answered.load(Ordering::SeqCst) {
+            assert!(start.elapsed() < Duration::from_secs(10), "never read");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The read took the entry (it is pending in the group) and its reply is in flight.
+        running.shutdown().await;
+        assert_eq!(*log.lock().unwrap(), [7], "the entry ran");
+        assert_eq!(
+            *seen.acked.lock().unwrap(),
+            [1],
+            "the entry was acknowledged"
+        );
+        let pending = bus
+            .group_consumer("jobs", &group_name("charge"), "another")
+            .unwrap()
+            .claim(Duration::ZERO, 10)
+            .await
+            .unwrap();
+        assert!(pending.is_empty(), "left pending in the group: {pending:?}");
     }
 }

@@ -15,6 +15,9 @@ use super::MockRedis;
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// The publisher's clock (ms) the tests give the script.
+const NOW: &str = "1700000000000";
+
 /// The Lua script the runtime publishes durable messages with; the mock emulates it natively.
 const DURABLE_PUBLISH: &str =
     include_str!("../../../subscriber-runtime/src/broker/redis/durable_publish.lua");
@@ -805,6 +808,7 @@ async fn a_blocked_xread_is_woken_by_an_xadd_in_a_script_and_by_a_deletion() {
         "100",
         "60000",
         "E",
+        NOW,
         ",\"a\":1}",
         "}",
     ];
@@ -816,9 +820,17 @@ async fn a_blocked_xread_is_woken_by_an_xadd_in_a_script_and_by_a_deletion() {
             vec![
                 entry(
                     "1-0",
-                    &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":1,\"a\":1}"]
+                    &[
+                        "m",
+                        "{\"streamEpoch\":\"E\",\"streamOffset\":1,\"a\":1}",
+                        "t",
+                        NOW
+                    ]
                 ),
-                entry("2-0", &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":2}"]),
+                entry(
+                    "2-0",
+                    &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":2}", "t", NOW]
+                ),
             ]
         )
     );
@@ -944,7 +956,7 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
         let mut c = publisher.clone();
         async move {
             let args = [
-                "EVALSHA", &sha, "2", "stream", "meta", "chan", "100", "60000", "E1",
+                "EVALSHA", &sha, "2", "stream", "meta", "chan", "100", "60000", "E1", NOW,
             ];
             redis::cmd(args[0])
                 .arg(&args[1..])
@@ -999,7 +1011,10 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
         expected
             .iter()
             .enumerate()
-            .map(|(i, message)| (format!("{}-0", i + 1), vec!["m".into(), (*message).into()]))
+            .map(|(i, message)| (
+                format!("{}-0", i + 1),
+                vec!["m".into(), (*message).into(), "t".into(), NOW.into()]
+            ))
             .collect::<Vec<_>>()
     );
     assert_eq!(
@@ -1008,7 +1023,8 @@ async fn evalsha_noscript_then_script_load_then_evalsha_publishes_the_exact_byte
     );
     for key in ["stream", "meta"] {
         let ttl = q::<i64>(&mut c, &["PTTL", key]).await;
-        assert!((59_000..=60_000).contains(&ttl), "{key}: {ttl}");
+        // The window (60 s) and a sixteenth.
+        assert!((63_000..=63_750).contains(&ttl), "{key}: {ttl}");
     }
     // After SCRIPT FLUSH, NOSCRIPT again.
     assert_eq!(q::<Value>(&mut c, &["SCRIPT", "FLUSH"]).await, Value::Okay);
@@ -1027,7 +1043,14 @@ async fn an_unknown_script_is_refused() {
             "LOAD",
             "-- switchboard:durable-publish:99\nreturn 1",
         ],
-        // Versions 1 and 2 are no longer emulated.
+        // Versions 1 to 3 are no longer emulated.
+        &[
+            "EVAL",
+            "-- switchboard:durable-publish:3\nreturn 1",
+            "2",
+            "s",
+            "m",
+        ],
         &[
             "EVAL",
             "-- switchboard:durable-publish:1\nreturn 1",
@@ -1059,7 +1082,7 @@ async fn an_unknown_script_is_refused() {
             "{message}"
         );
         assert!(
-            message.ends_with("one of: -- switchboard:durable-publish:3"),
+            message.ends_with("one of: -- switchboard:durable-publish:4"),
             "{message}"
         );
     }
@@ -1388,8 +1411,19 @@ fn durable_eval(keys: &[&str], argv: &[&str]) -> Vec<String> {
 
 /// One run of the durable-publish script on the stream `stream`, the meta hash `meta` and the
 /// channel `chan`: each payload is the object after its `{` (`,` first unless empty).
-fn durable_publish(payloads: &[&str], maxlen: &str, ttl: &str, epoch: &str) -> Vec<String> {
-    let mut argv = vec!["chan", maxlen, ttl, epoch];
+fn durable_publish(payloads: &[&str], maxlen: &str, window: &str, epoch: &str) -> Vec<String> {
+    durable_publish_at(payloads, maxlen, window, epoch, NOW)
+}
+
+/// [`durable_publish`] with the publisher's clock at `now`.
+fn durable_publish_at(
+    payloads: &[&str],
+    maxlen: &str,
+    window: &str,
+    epoch: &str,
+    now: &str,
+) -> Vec<String> {
+    let mut argv = vec!["chan", maxlen, window, epoch, now];
     argv.extend_from_slice(payloads);
     durable_eval(&["stream", "meta"], &argv)
 }
@@ -1516,6 +1550,7 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
     let mut real = DurableSide::start(real_redis.addr).await;
     let mut mock = DurableSide::start(mock_redis.addr()).await;
     let publish = durable_publish;
+    let publish_at = durable_publish_at;
     let full = ["stream", "meta"];
     const I64_MAX_MINUS_2: &str = "9223372036854775805";
     // (setup commands, the script's arguments, what the step is for)
@@ -1604,7 +1639,7 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
         (
             vec![&["HSET", "meta", "offset", "1"]],
             publish(&["}", "}"], "100", "45000", "E14"),
-            (Some(36), 0),
+            (Some(47), 0),
         ),
         (vec![], publish(&["}"], "100", "45000", "E14"), (None, 1)),
         (
@@ -1623,7 +1658,7 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
         (
             vec![&["SET", "stream", "x"]],
             publish(&["}", "}"], "100", "45000", "E17"),
-            (Some(36), 0),
+            (Some(47), 0),
         ),
         (
             vec![&["DEL", "meta"]],
@@ -1634,12 +1669,12 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
         (
             vec![&["SET", "meta", "x"]],
             publish(&["}"], "100", "45000", "E19"),
-            (Some(19), 0),
+            (Some(26), 0),
         ),
         (
             vec![&["DEL", "meta"], &["HSET", "meta", "offset", "x"]],
             publish(&["}"], "100", "45000", "E20"),
-            (Some(19), 0),
+            (Some(26), 0),
         ),
         // An XADD failing mid-batch: the offsets reach 10^14, which Lua writes `1e+14`, no ID.
         // The messages before it stay added and published, the offset incremented by all.
@@ -1656,28 +1691,28 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
                 "45000",
                 "E22",
             ),
-            (Some(36), 2),
+            (Some(47), 2),
         ),
         (
             vec![],
             publish(&["}"], "100", "45000", "E22"),
-            (Some(36), 0),
+            (Some(47), 0),
         ),
         (
             vec![&["HSET", "meta", "offset", "123456789012343"]],
             publish(&["}", "}"], "100", "45000", "E22"),
-            (Some(36), 0),
+            (Some(47), 0),
         ),
         // Near 2^63: the Lua numbers round; HINCRBY overflows.
         (
             vec![&["HSET", "meta", "offset", I64_MAX_MINUS_2]],
             publish(&["}", "}"], "100", "45000", "E22"),
-            (Some(36), 0),
+            (Some(47), 0),
         ),
         (
             vec![],
             publish(&["}"], "100", "45000", "E22"),
-            (Some(19), 0),
+            (Some(26), 0),
         ),
         // (2^63 replied as Redis casts it)
         (vec![], publish(&[], "100", "45000", "E22"), (None, 0)),
@@ -1690,24 +1725,30 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
         (
             vec![&["DEL", "meta"]],
             publish(&["}", "}"], "x", "45000", "E30"),
-            (Some(36), 0),
+            (Some(47), 0),
         ),
-        (vec![], publish(&["}"], "-1", "45000", "E31"), (Some(36), 0)),
+        (vec![], publish(&["}"], "-1", "45000", "E31"), (Some(47), 0)),
         (
             vec![],
-            publish(&["}", "}"], "100", "soon", "E32"),
-            (Some(39), 2),
+            publish_at(&["}", "}"], "100", "1.5", "E32", "1800000000000"),
+            (Some(79), 2),
         ),
-        (vec![], publish(&["}"], "100", "1.5", "E33"), (Some(39), 1)),
-        (vec![], publish(&[], "100", "soon", "E34"), (Some(39), 0)),
+        (
+            vec![],
+            publish_at(&["}"], "100", "1.5", "E33", "1800000000002"),
+            (Some(79), 1),
+        ),
+        // Before `check` is due, the window is not looked at.
+        (vec![], publish(&[], "100", "soon", "E34"), (None, 0)),
         // (no payload: the maxlen is not used)
         (vec![], publish(&[], "", "45000", "E34"), (None, 0)),
         (vec![], publish(&["}"], "100", "45000", "E35"), (None, 1)),
-        // Fewer than 4 ARGVs: a negative count, which HINCRBY subtracts; then a nil TTL, or a
-        // nil epoch when a new one is needed.
-        (vec![], durable_eval(&full, &[]), (Some(39), 0)),
-        (vec![], durable_eval(&full, &["chan"]), (Some(39), 0)),
-        (vec![], durable_eval(&full, &["chan", "100"]), (Some(28), 0)),
+        // Fewer than 5 ARGVs: a negative count, which HINCRBY subtracts; a nil epoch fails
+        // when a new one is needed; a nil clock is 0, for which `check` is not due (or is, for a
+        // new epoch: the window is then looked at from 0).
+        (vec![], durable_eval(&full, &[]), (None, 0)),
+        (vec![], durable_eval(&full, &["chan"]), (None, 0)),
+        (vec![], durable_eval(&full, &["chan", "100"]), (Some(39), 0)),
         (
             vec![&["HSET", "meta", "offset", "5"]],
             durable_eval(&full, &["chan", "100", "45000"]),
@@ -1716,12 +1757,12 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
         (
             vec![&["DEL", "meta"]],
             durable_eval(&full, &["chan", "100", "45000"]),
-            (Some(28), 0),
+            (Some(39), 0),
         ),
         (
             vec![&["HSET", "meta", "epoch", "E36"]],
             durable_eval(&full, &["chan", "100"]),
-            (Some(28), 0),
+            (Some(39), 0),
         ),
         (
             vec![],
@@ -1732,19 +1773,19 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
         (
             vec![],
             durable_eval(&["stream"], &["chan", "100", "45000", "E38", "}"]),
-            (Some(19), 0),
+            (Some(26), 0),
         ),
         (
             vec![],
             durable_eval(&[], &["chan", "100", "45000", "E38", "}"]),
-            (Some(19), 0),
+            (Some(26), 0),
         ),
         // A negative TTL deletes both keys; the messages are still published, and the next
         // publish starts a new epoch.
         (vec![], publish(&["}"], "100", "45000", "E39"), (None, 1)),
         (
             vec![],
-            publish(&[",\"l\":1}", "}"], "100", "-1", "E40"),
+            publish_at(&[",\"l\":1}", "}"], "100", "-1", "E40", "1900000000000"),
             (None, 2),
         ),
         (vec![], publish(&["}"], "100", "60000", "E41"), (None, 1)),
@@ -1791,13 +1832,83 @@ async fn durable_publish_matches_the_real_script_on_a_real_redis() {
             "stream",
             vec![entry(
                 "5-0",
-                &["m", "{\"streamEpoch\":\"E43\",\"streamOffset\":5,\"n\":5}"]
+                &[
+                    "m",
+                    "{\"streamEpoch\":\"E43\",\"streamOffset\":5,\"n\":5}",
+                    "t",
+                    NOW
+                ]
             )]
         )
     );
     for side in [&mut real, &mut mock] {
         assert!(silent(&mut side.sub).await);
         assert!(silent(&mut side.reader).await);
+    }
+
+    let steps: Vec<DurableCase<'_>> = vec![
+        // The window in time (1 s; `check` every 62 ms): a new epoch looks at it at once; before
+        // `check`, nothing is trimmed; at `check`, the entries older than the window go.
+        (
+            vec![&["FLUSHALL"]],
+            publish_at(&[",\"w\":1}"], "100", "1000", "W1", "1000000"),
+            (None, 1),
+        ),
+        (
+            vec![],
+            publish_at(&[",\"w\":2}", "}"], "100", "1000", "W1", "1000050"),
+            (None, 2),
+        ),
+        (
+            vec![],
+            publish_at(&[",\"w\":4}"], "100", "1000", "W1", "1001055"),
+            (None, 1),
+        ),
+        (
+            vec![],
+            publish_at(&["}"], "100", "1000", "W1", "1001200"),
+            (None, 1),
+        ),
+        // Entries without a time (`t`), or with one that is not a number, stop the trim.
+        (
+            vec![
+                &["XADD", "stream", "6-0", "m", "legacy"],
+                &["HSET", "meta", "offset", "6"],
+            ],
+            publish_at(&["}"], "100", "1000", "W1", "1003000"),
+            (None, 1),
+        ),
+        (
+            vec![
+                &["DEL", "stream"],
+                &["XADD", "stream", "7-5", "m", "x", "t", "soon"],
+            ],
+            publish_at(&["}"], "100", "1000", "W1", "1005000"),
+            (None, 1),
+        ),
+        // Over 2,048 entries older than the window: 2,048 go, and `check` stays due, so the next
+        // publish trims the rest.
+        (
+            vec![&["FLUSHALL"]],
+            {
+                let payloads = vec!["}"; 2100];
+                publish_at(&payloads, "5000", "1000", "W2", "2000000")
+            },
+            (None, 2100),
+        ),
+        (
+            vec![],
+            publish_at(&[",\"x\":1}"], "5000", "1000", "W2", "2002000"),
+            (None, 1),
+        ),
+        (
+            vec![],
+            publish_at(&[",\"x\":2}"], "5000", "1000", "W2", "2002001"),
+            (None, 1),
+        ),
+    ];
+    for (setup, script, outcome) in &steps {
+        compare_durable_step(&mut real, &mut mock, setup, script, *outcome).await;
     }
 }
 
@@ -1865,6 +1976,7 @@ async fn redis_script_invoke_async_runs_the_durable_publish() {
             .arg(10)
             .arg(1000)
             .arg("E")
+            .arg(NOW)
             .arg(payloads)
             .invoke_async(&mut c)
             .await
@@ -1881,9 +1993,17 @@ async fn redis_script_invoke_async_runs_the_durable_publish() {
         Value::Array(vec![
             rentry(
                 "2-0",
-                &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":2,\"x\":2}"]
+                &[
+                    "m",
+                    "{\"streamEpoch\":\"E\",\"streamOffset\":2,\"x\":2}",
+                    "t",
+                    NOW
+                ]
             ),
-            rentry("3-0", &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":3}"]),
+            rentry(
+                "3-0",
+                &["m", "{\"streamEpoch\":\"E\",\"streamOffset\":3}", "t", NOW]
+            ),
         ])
     );
     assert_eq!(

@@ -93,7 +93,7 @@ impl RedisBroker {
         let _sending = Sending(&self, &channel);
         let on_redis = format!("{}{channel}", self.prefix);
         let (stream, meta) = keys(&on_redis);
-        let ttl_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
+        let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
         loop {
             let batch: Vec<(Vec<u8>, Waiter)> = {
                 let mut queues = lock(&self.durable_queues);
@@ -123,7 +123,7 @@ impl RedisBroker {
             };
             let (tails, waiters): (Vec<Vec<u8>>, Vec<Waiter>) = batch.into_iter().unzip();
             let result = self
-                .run_publish_script(&stream, &meta, &on_redis, &tails, retention, ttl_ms)
+                .run_publish_script(&stream, &meta, &on_redis, &tails, retention, window_ms)
                 .await;
             match result {
                 Ok((epoch, first)) => {
@@ -152,7 +152,7 @@ impl RedisBroker {
         on_redis: &str,
         tails: &[Vec<u8>],
         retention: Retention,
-        ttl_ms: u64,
+        window_ms: u64,
     ) -> Result<(String, u64), BrokerError> {
         let (generation, mut conn) = self
             .publisher
@@ -164,8 +164,9 @@ impl RedisBroker {
             .key(meta)
             .arg(on_redis)
             .arg(retention.max_messages())
-            .arg(ttl_ms)
-            .arg(&*self.epochs.next());
+            .arg(window_ms)
+            .arg(&*self.epochs.next())
+            .arg(now_ms());
         for tail in tails {
             invocation.arg(tail.as_slice());
         }
@@ -246,6 +247,13 @@ pub(super) fn stream_read(meta: &[Option<String>], entries: Value) -> StreamRead
         entries: parse_entries(entries),
         last,
     }
+}
+
+/// The publisher's clock for the script's time window: milliseconds since the Unix epoch.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What the script takes of a durable message's payload: the JSON object after its `{`, with a

@@ -21,7 +21,7 @@ use redis::RedisError;
 
 use super::RedisClusterBroker;
 use crate::broker::redis::classify;
-use crate::broker::redis::durable::{read_pipeline, stream_read, tail_of};
+use crate::broker::redis::durable::{now_ms, read_pipeline, stream_read, tail_of};
 use crate::broker::redis::group::GroupBackend;
 use crate::broker::{Position, Retention, StreamRead};
 use crate::error::BrokerError;
@@ -35,8 +35,8 @@ const PUBLISH_LINE: &str = "redis.call('PUBLISH', ARGV[1], message)";
 fn source() -> String {
     include_str!("../durable_publish.lua")
         .replacen(
-            "-- switchboard:durable-publish:3",
-            "-- switchboard:durable-publish-cluster:1 (KEYS[3] the partition channel, ARGV[1] the channel)",
+            "-- switchboard:durable-publish:4",
+            "-- switchboard:durable-publish-cluster:2 (KEYS[3] the partition channel, ARGV[1] the channel)",
             1,
         )
         .replacen(
@@ -65,7 +65,7 @@ impl RedisClusterBroker {
         let tail = tail_of(channel, payload)?;
         let (stream, meta) = self.stream_keys(channel);
         let partition = self.partitions.name(self.partitions.of(channel));
-        let ttl_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
+        let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
         let mut connection = self
             .publisher()
             .await
@@ -76,8 +76,9 @@ impl RedisClusterBroker {
             .key(partition)
             .arg(channel)
             .arg(retention.max_messages())
-            .arg(ttl_ms)
+            .arg(window_ms)
             .arg(&*self.epochs.next())
+            .arg(now_ms())
             .arg(tail);
         let (epoch, offset): (String, u64) = invocation
             .invoke_async(&mut connection)
@@ -162,7 +163,7 @@ mod tests {
             "the PUBLISH line was replaced"
         );
         assert!(source.contains("redis.call('SPUBLISH', KEYS[3], ARGV[1] .. '\\n' .. message)"));
-        assert!(source.starts_with("-- switchboard:durable-publish-cluster:1"));
+        assert!(source.starts_with("-- switchboard:durable-publish-cluster:2"));
     }
 
     #[test]

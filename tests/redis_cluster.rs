@@ -799,6 +799,82 @@ async fn a_durable_channel_on_a_cluster_fills_the_gap_of_a_cut_subscription() {
     sender.shutdown().await;
 }
 
+/// `EVALSHA` calls a node has run.
+async fn evalsha_calls(cluster: &RedisCluster, port: u16) -> u64 {
+    let mut connection = cluster.connection(port).await;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .expect("INFO commandstats");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
+}
+
+/// Durable publishes that queue up on a channel of a cluster go in one call of the script, as on
+/// one Redis: 500 at once get the offsets 1 to 500, in far fewer calls, and the worker handles
+/// them in offset order, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_durable_publishes_on_a_cluster_are_batched_with_consecutive_offsets() {
+    let Some(cluster) = cluster(3, 0).await else {
+        return;
+    };
+    let retention = switchboard::broker::Retention::default();
+    let on_cluster = || app(broker(&cluster, "batched")).durable("ledger", retention);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = start(on_cluster().subscriber(
+        Subscriber::channels(["ledger"]).name("record").handle(
+            move |Message(message): Message, at: StreamPosition| {
+                let _ = tx.send((message["seq"].as_u64().unwrap(), at.offset));
+            },
+        ),
+    ))
+    .await;
+    let sender = start(on_cluster()).await;
+    let (_, node) = owner_of(&cluster, &broker(&cluster, "batched"), "ledger").await;
+    let calls_before = evalsha_calls(&cluster, node).await;
+    let publishes = (0..500_u64).map(|seq| {
+        let publisher = sender.publisher();
+        async move {
+            publisher
+                .publish_durable("ledger", &json!({ "seq": seq }))
+                .await
+                .expect("published")
+                .expect("a durable channel")
+        }
+    });
+    let positions = futures_util::future::join_all(publishes).await;
+    let calls = evalsha_calls(&cluster, node).await - calls_before;
+    let mut offsets: Vec<u64> = positions.iter().map(|p| p.offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=500).collect::<Vec<u64>>(), "each offset once");
+    assert!(calls < 250, "500 publishes in {calls} calls of the script");
+    let mut handled = Vec::new();
+    while handled.len() < 500 {
+        let next = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("every message handled")
+            .expect("the handler is alive");
+        handled.push(next);
+    }
+    let by_offset: Vec<u64> = handled.iter().map(|(_, offset)| *offset).collect();
+    assert_eq!(
+        by_offset,
+        (1..=500).collect::<Vec<u64>>(),
+        "in offset order, each once"
+    );
+    // Each message got the offset its publish was told.
+    for (seq, offset) in handled {
+        assert_eq!(positions[seq as usize].offset, offset);
+    }
+    eprintln!("500 concurrent durable publishes on a cluster: {calls} calls of the script");
+    worker.shutdown().await;
+    sender.shutdown().await;
+}
+
 /// Run-once handlers on a cluster: two workers in one consumer group on the stream (in its
 /// partition's slot); every message is handled by exactly one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

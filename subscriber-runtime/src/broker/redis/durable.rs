@@ -6,8 +6,10 @@
 //! `switchboard:meta:{<channel>}`. Both carry the channel as their hash tag, so that on a Redis
 //! Cluster a channel's two keys live in one slot, as the script needs.
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use bytes::Bytes;
@@ -26,7 +28,8 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Where a queued message's position (or the failure) goes.
 type Waiter = oneshot::Sender<Result<Position, BrokerError>>;
 
-/// The messages of one durable channel waiting for the script, and whether a task sends them.
+/// The messages of one durable channel waiting for the script, and whether a task sends them
+/// (see [`BatchScript`]).
 #[derive(Default)]
 pub(super) struct DurableQueue {
     sending: bool,
@@ -49,102 +52,132 @@ pub(super) fn keys(channel_on_redis: &str) -> (String, String) {
     )
 }
 
-impl RedisBroker {
-    /// Queues a message for the channel's stream and waits for its position. Messages queued
-    /// while a call of the script runs go together in the next call (one script call per
-    /// batch, not per message), in the order they were queued.
-    pub(super) async fn publish_durable_on(
-        &self,
-        channel: &str,
-        payload: &[u8],
+/// A broker whose durable publishes are batched: the queues of its channels, and one call of its
+/// script for a batch. On one Redis and on a cluster alike, the messages queued on a channel
+/// while a call runs go together in the next call (one script call per batch, not per message),
+/// in the order they were queued.
+pub(super) trait BatchScript: Clone + Send + Sync + 'static {
+    /// The broker's queues, by channel.
+    fn durable_queues(&self) -> &Mutex<HashMap<String, DurableQueue>>;
+
+    /// One call of the script for `tails`, in order, on `channel`: the epoch and the first
+    /// message's offset.
+    fn run_batch<'a>(
+        &'a self,
+        channel: &'a str,
         retention: Retention,
-    ) -> Result<Position, BrokerError> {
-        let tail = tail_of(channel, payload)?;
-        let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut queues = lock(&self.durable_queues);
-            let queue = queues.entry(channel.to_owned()).or_default();
-            queue.waiting.push((tail, tx));
-            !std::mem::replace(&mut queue.sending, true)
-        };
-        if start {
-            // On a task of its own, so that the queue is sent even when this caller gives up.
-            tokio::spawn(self.clone().send_queue(channel.to_owned(), retention));
+        tails: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<(String, u64), BrokerError>>;
+}
+
+/// Queues a message for `channel`'s stream and waits for its position.
+pub(super) async fn publish_batched<B: BatchScript>(
+    broker: &B,
+    channel: &str,
+    payload: &[u8],
+    retention: Retention,
+) -> Result<Position, BrokerError> {
+    let tail = tail_of(channel, payload)?;
+    let (tx, rx) = oneshot::channel();
+    let start = {
+        let mut queues = lock(broker.durable_queues());
+        let queue = queues.entry(channel.to_owned()).or_default();
+        queue.waiting.push((tail, tx));
+        !std::mem::replace(&mut queue.sending, true)
+    };
+    if start {
+        // On a task of its own, so that the queue is sent even when this caller gives up.
+        tokio::spawn(send_queue(broker.clone(), channel.to_owned(), retention));
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(BrokerError::Other(
+            "the durable publish was abandoned".to_owned(),
+        ))
+    })
+}
+
+/// Sends a channel's queue, batch after batch, until it is empty.
+async fn send_queue<B: BatchScript>(broker: B, channel: String, retention: Retention) {
+    /// Should this task end before the queue is empty (its runtime stopped), the next publish
+    /// starts another.
+    struct Sending<'a, B: BatchScript>(&'a B, &'a str);
+    impl<B: BatchScript> Drop for Sending<'_, B> {
+        fn drop(&mut self) {
+            if let Some(queue) = lock(self.0.durable_queues()).get_mut(self.1) {
+                queue.sending = false;
+            }
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(BrokerError::Other(
-                "the durable publish was abandoned".to_owned(),
-            ))
+    }
+    let _sending = Sending(&broker, &channel);
+    loop {
+        let batch: Vec<(Vec<u8>, Waiter)> = {
+            let mut queues = lock(broker.durable_queues());
+            let Some(queue) = queues.get_mut(&channel) else {
+                return;
+            };
+            // A caller that gave up (its timeout) was told the publish failed: its message is
+            // not sent after all.
+            queue.waiting.retain(|(_, waiter)| !waiter.is_closed());
+            if queue.waiting.is_empty() {
+                queues.remove(&channel);
+                return;
+            }
+            // Up to MAX_BATCH messages and about MAX_BATCH_BYTES (at least one message).
+            let mut bytes = 0;
+            let n = queue
+                .waiting
+                .iter()
+                .take(MAX_BATCH)
+                .take_while(|(tail, _)| {
+                    bytes += tail.len();
+                    bytes <= MAX_BATCH_BYTES
+                })
+                .count()
+                .max(1);
+            queue.waiting.drain(..n).collect()
+        };
+        let (tails, waiters): (Vec<Vec<u8>>, Vec<Waiter>) = batch.into_iter().unzip();
+        match broker.run_batch(&channel, retention, &tails).await {
+            Ok((epoch, first)) => {
+                tracing::trace!(channel, %epoch, first, messages = waiters.len(), "published on a durable channel");
+                let epoch: Arc<str> = Arc::from(epoch);
+                for (i, waiter) in (0_u64..).zip(waiters) {
+                    let _ = waiter.send(Ok(Position {
+                        epoch: epoch.clone(),
+                        offset: first + i,
+                    }));
+                }
+            }
+            Err(error) => {
+                for waiter in waiters {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl BatchScript for RedisBroker {
+    fn durable_queues(&self) -> &Mutex<HashMap<String, DurableQueue>> {
+        &self.durable_queues
+    }
+
+    fn run_batch<'a>(
+        &'a self,
+        channel: &'a str,
+        retention: Retention,
+        tails: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<(String, u64), BrokerError>> {
+        Box::pin(async move {
+            let on_redis = format!("{}{channel}", self.prefix);
+            let (stream, meta) = keys(&on_redis);
+            self.run_publish_script(&stream, &meta, &on_redis, tails, retention)
+                .await
         })
     }
+}
 
-    /// Sends a channel's queue, batch after batch, until it is empty.
-    async fn send_queue(self, channel: String, retention: Retention) {
-        /// Should this task end before the queue is empty (its runtime stopped), the next publish
-        /// starts another.
-        struct Sending<'a>(&'a RedisBroker, &'a str);
-        impl Drop for Sending<'_> {
-            fn drop(&mut self) {
-                if let Some(queue) = lock(&self.0.durable_queues).get_mut(self.1) {
-                    queue.sending = false;
-                }
-            }
-        }
-        let _sending = Sending(&self, &channel);
-        let on_redis = format!("{}{channel}", self.prefix);
-        let (stream, meta) = keys(&on_redis);
-        let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
-        loop {
-            let batch: Vec<(Vec<u8>, Waiter)> = {
-                let mut queues = lock(&self.durable_queues);
-                let Some(queue) = queues.get_mut(&channel) else {
-                    return;
-                };
-                // A caller that gave up (its timeout) was told the publish failed: its message
-                // is not sent after all.
-                queue.waiting.retain(|(_, waiter)| !waiter.is_closed());
-                if queue.waiting.is_empty() {
-                    queues.remove(&channel);
-                    return;
-                }
-                // Up to MAX_BATCH messages and about MAX_BATCH_BYTES (at least one message).
-                let mut bytes = 0;
-                let n = queue
-                    .waiting
-                    .iter()
-                    .take(MAX_BATCH)
-                    .take_while(|(tail, _)| {
-                        bytes += tail.len();
-                        bytes <= MAX_BATCH_BYTES
-                    })
-                    .count()
-                    .max(1);
-                queue.waiting.drain(..n).collect()
-            };
-            let (tails, waiters): (Vec<Vec<u8>>, Vec<Waiter>) = batch.into_iter().unzip();
-            let result = self
-                .run_publish_script(&stream, &meta, &on_redis, &tails, retention, window_ms)
-                .await;
-            match result {
-                Ok((epoch, first)) => {
-                    tracing::trace!(channel, %epoch, first, messages = waiters.len(), "published on a durable channel");
-                    let epoch: Arc<str> = Arc::from(epoch);
-                    for (i, waiter) in (0_u64..).zip(waiters) {
-                        let _ = waiter.send(Ok(Position {
-                            epoch: epoch.clone(),
-                            offset: first + i,
-                        }));
-                    }
-                }
-                Err(error) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Err(error.clone()));
-                    }
-                }
-            }
-        }
-    }
-
+impl RedisBroker {
     async fn run_publish_script(
         &self,
         stream: &str,
@@ -152,8 +185,8 @@ impl RedisBroker {
         on_redis: &str,
         tails: &[Vec<u8>],
         retention: Retention,
-        window_ms: u64,
     ) -> Result<(String, u64), BrokerError> {
+        let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
         let (generation, mut conn) = self
             .publisher
             .get(&self.client, self.publish_timeout)

@@ -230,7 +230,7 @@ impl Broker for RedisBroker {
             self.check_config()?;
             // The script's call has its own timeout (and replaces a stuck connection); this one
             // also bounds the wait in the channel's queue.
-            let work = self.publish_durable_on(&channel, &payload, retention);
+            let work = durable::publish_batched(self, &channel, &payload, retention);
             tokio::time::timeout(self.publish_timeout, work)
                 .await
                 .unwrap_or(Err(BrokerError::Timeout(self.publish_timeout)))

@@ -4,12 +4,13 @@
 //! A channel's stream and meta hash carry the hash tag of the channel's partition
 //! (`<ns>:sb.stream{<tag>}:<channel>`, `<ns>:sb.meta{<tag>}:<channel>`), so that both keys and
 //! the partition channel are in one slot: the script's `XADD`, `HINCRBY` and `SPUBLISH` run on
-//! one primary, atomically, as on a single Redis. Each publish is one call of the script (the
-//! single-node broker batches the calls of a busy channel; this one does not yet). Run-once
+//! one primary, atomically, as on a single Redis. Publishes that queue up on a channel while a
+//! call runs go together in the next call, as on one Redis (`BatchScript`). Run-once
 //! handlers' consumer groups are the single-node broker's (`group.rs`), each consumer on a
 //! cluster connection of its own.
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use redis::Value;
 
@@ -21,9 +22,11 @@ use redis::RedisError;
 
 use super::RedisClusterBroker;
 use crate::broker::redis::classify;
-use crate::broker::redis::durable::{now_ms, read_pipeline, stream_read, tail_of};
+use crate::broker::redis::durable::{
+    now_ms, read_pipeline, stream_read, BatchScript, DurableQueue,
+};
 use crate::broker::redis::group::GroupBackend;
-use crate::broker::{Position, Retention, StreamRead};
+use crate::broker::{Retention, StreamRead};
 use crate::error::BrokerError;
 
 /// The single-node script, made to `SPUBLISH` `ARGV[1]`, a newline and the message (the
@@ -56,41 +59,6 @@ impl RedisClusterBroker {
         )
     }
 
-    pub(super) async fn publish_durable_on(
-        &self,
-        channel: &str,
-        payload: &[u8],
-        retention: Retention,
-    ) -> Result<Position, BrokerError> {
-        let tail = tail_of(channel, payload)?;
-        let (stream, meta) = self.stream_keys(channel);
-        let partition = self.partitions.name(self.partitions.of(channel));
-        let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
-        let mut connection = self
-            .publisher()
-            .await
-            .map_err(|e| classify(&e, &self.urls, self.connect_timeout))?;
-        let mut invocation = CLUSTER_SCRIPT.key(&stream);
-        invocation
-            .key(&meta)
-            .key(partition)
-            .arg(channel)
-            .arg(retention.max_messages())
-            .arg(window_ms)
-            .arg(&*self.epochs.next())
-            .arg(now_ms())
-            .arg(tail);
-        let (epoch, offset): (String, u64) = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| classify(&e, &self.urls, self.publish_timeout))?;
-        tracing::trace!(channel, %epoch, offset, "published on a durable channel of the cluster");
-        Ok(Position {
-            epoch: Arc::from(epoch),
-            offset,
-        })
-    }
-
     pub(super) async fn read_stream_on(
         &self,
         channel: &str,
@@ -109,6 +77,46 @@ impl RedisClusterBroker {
                 .await
                 .map_err(|e| classify(&e, &self.urls, self.publish_timeout))?;
         Ok(stream_read(&meta, entries))
+    }
+}
+
+/// A durable channel's batch: one call of the cluster script on the partition's primary.
+impl BatchScript for RedisClusterBroker {
+    fn durable_queues(&self) -> &Mutex<HashMap<String, DurableQueue>> {
+        &self.durable_queues
+    }
+
+    fn run_batch<'a>(
+        &'a self,
+        channel: &'a str,
+        retention: Retention,
+        tails: &'a [Vec<u8>],
+    ) -> BoxFuture<'a, Result<(String, u64), BrokerError>> {
+        Box::pin(async move {
+            let (stream, meta) = self.stream_keys(channel);
+            let partition = self.partitions.name(self.partitions.of(channel));
+            let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
+            let mut connection = self
+                .publisher()
+                .await
+                .map_err(|e| classify(&e, &self.urls, self.connect_timeout))?;
+            let mut invocation = CLUSTER_SCRIPT.key(&stream);
+            invocation
+                .key(&meta)
+                .key(partition)
+                .arg(channel)
+                .arg(retention.max_messages())
+                .arg(window_ms)
+                .arg(&*self.epochs.next())
+                .arg(now_ms());
+            for tail in tails {
+                invocation.arg(tail.as_slice());
+            }
+            invocation
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|e| classify(&e, &self.urls, self.publish_timeout))
+        })
     }
 }
 

@@ -122,6 +122,12 @@ pub struct RedisClusterBroker {
     publisher: Arc<tokio::sync::Mutex<Option<ClusterConnection>>>,
     /// Epoch candidates for durable channels' new streams.
     epochs: Arc<crate::broker::durable::Epochs>,
+    /// Durable messages waiting for their channel's script, by channel (see `durable.rs`).
+    durable_queues: Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, crate::broker::redis::durable::DurableQueue>,
+        >,
+    >,
 }
 
 impl fmt::Debug for RedisClusterBroker {
@@ -202,6 +208,7 @@ impl RedisClusterBroker {
             },
             publisher: Arc::default(),
             epochs: Arc::default(),
+            durable_queues: Arc::default(),
         })
     }
 
@@ -469,7 +476,8 @@ impl Broker for RedisClusterBroker {
         let channel = channel.to_owned();
         Box::pin(async move {
             self.check_config()?;
-            let work = self.publish_durable_on(&channel, &payload, retention);
+            let work =
+                crate::broker::redis::durable::publish_batched(self, &channel, &payload, retention);
             tokio::time::timeout(self.publish_timeout, work)
                 .await
                 .unwrap_or(Err(BrokerError::Timeout(self.publish_timeout)))

@@ -311,127 +311,21 @@ impl Dispatcher {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use futures_util::future::BoxFuture;
-    use tokio_util::sync::CancellationToken;
+    use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::broker::{Broker, Inbox, Retention, StreamRead, Subscriptions};
-    use crate::{BrokerError, Channel, MemoryBroker, Message, Subscriber, Switchboard};
-
-    /// The worker's link to the in-process bus, which the test cuts and restores.
-    #[derive(Debug)]
-    struct Link {
-        subscriptions: Subscriptions,
-        inbox: Inbox,
-        shutdown: CancellationToken,
-        current: CancellationToken,
-    }
-
-    /// The in-process broker, whose stream reads take a while and are counted (how many at once,
-    /// at most), and whose subscription can be cut and restored (a reconnect).
-    #[derive(Debug, Clone, Default)]
-    struct SlowReads {
-        inner: MemoryBroker,
-        reads: Arc<AtomicUsize>,
-        max_reads: Arc<AtomicUsize>,
-        link: Arc<Mutex<Option<Link>>>,
-    }
-
-    impl SlowReads {
-        fn cut(&self) {
-            self.link.lock().unwrap().as_ref().unwrap().current.cancel();
-        }
-
-        async fn restore(&self) {
-            let (subscriptions, inbox, current) = {
-                let mut link = self.link.lock().unwrap();
-                let link = link.as_mut().unwrap();
-                link.current = link.shutdown.child_token();
-                (
-                    link.subscriptions.clone(),
-                    link.inbox.clone(),
-                    link.current.clone(),
-                )
-            };
-            self.inner
-                .subscribe(subscriptions, inbox.clone(), current)
-                .await
-                .unwrap();
-            inbox.count_reconnect();
-        }
-    }
-
-    /// Decrements the count of reads in flight when a read ends.
-    struct InFlight(Arc<AtomicUsize>);
-
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    impl Broker for SlowReads {
-        fn publish(&self, channel: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-            self.inner.publish(channel, payload)
-        }
-
-        fn subscribe(
-            &self,
-            subscriptions: Subscriptions,
-            inbox: Inbox,
-            shutdown: CancellationToken,
-        ) -> BoxFuture<'_, Result<(), BrokerError>> {
-            let current = shutdown.child_token();
-            *self.link.lock().unwrap() = Some(Link {
-                subscriptions: subscriptions.clone(),
-                inbox: inbox.clone(),
-                shutdown,
-                current: current.clone(),
-            });
-            self.inner.subscribe(subscriptions, inbox, current)
-        }
-
-        fn kind(&self) -> &'static str {
-            "slow reads"
-        }
-
-        fn has_streams(&self) -> bool {
-            true
-        }
-
-        fn publish_durable(
-            &self,
-            channel: &str,
-            payload: Bytes,
-            retention: Retention,
-        ) -> BoxFuture<'_, Result<Position, BrokerError>> {
-            self.inner.publish_durable(channel, payload, retention)
-        }
-
-        fn read_stream(
-            &self,
-            channel: &str,
-            after: u64,
-            limit: usize,
-        ) -> BoxFuture<'_, Result<StreamRead, BrokerError>> {
-            let channel = channel.to_owned();
-            Box::pin(async move {
-                let now = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
-                let _in_flight = InFlight(self.reads.clone());
-                self.max_reads.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                self.inner.read_stream(&channel, after, limit).await
-            })
-        }
-    }
+    use crate::broker::Retention;
+    use crate::dispatch::test_broker::FaultyMemory;
+    use crate::{Channel, Message, Subscriber, Switchboard};
 
     #[tokio::test]
     async fn catch_ups_after_a_reconnect_read_at_most_max_catch_up_reads_streams_at_once() {
         const CHANNELS: usize = 40;
         let channels: Vec<String> = (0..CHANNELS).map(|i| format!("ledger:{i}")).collect();
-        let broker = SlowReads::default();
+        let broker = FaultyMemory {
+            read_delay: Duration::from_millis(20),
+            ..FaultyMemory::default()
+        };
         let log: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
         let sink = log.clone();
         let running = Switchboard::builder()

@@ -12,6 +12,8 @@
 mod durable;
 mod once;
 pub(crate) mod registry;
+#[cfg(test)]
+mod test_broker;
 pub(crate) use durable::Cursor;
 pub(crate) use once::group_name;
 pub(crate) mod routing;

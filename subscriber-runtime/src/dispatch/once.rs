@@ -216,136 +216,23 @@ impl Dispatcher {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Mutex;
 
-    use bytes::Bytes;
-    use futures_util::future::BoxFuture;
-
     use super::*;
-    use crate::broker::{Broker, Inbox, Position, Retention, StreamRead, Subscriptions};
-    use crate::{BrokerError, MemoryBroker, Message, Subscriber, Switchboard};
-
-    /// What the slow consumers saw: whether a read returned entries, and the offsets acked.
-    #[derive(Debug, Default)]
-    struct Seen {
-        answered: AtomicBool,
-        acked: Mutex<Vec<u64>>,
-    }
-
-    /// The in-process broker, whose consumers' reads that take entries return them only after
-    /// `reply` (a Redis reply in flight: the entries are already delivered in the group).
-    #[derive(Debug, Clone)]
-    struct SlowReplies {
-        inner: MemoryBroker,
-        reply: Duration,
-        seen: Arc<Seen>,
-    }
-
-    #[derive(Debug)]
-    struct SlowConsumer {
-        inner: Box<dyn GroupConsumer>,
-        reply: Duration,
-        seen: Arc<Seen>,
-    }
-
-    impl GroupConsumer for SlowConsumer {
-        fn prepare(&mut self) -> BoxFuture<'_, Result<(), BrokerError>> {
-            self.inner.prepare()
-        }
-
-        fn read(
-            &mut self,
-            count: usize,
-            block: Duration,
-        ) -> BoxFuture<'_, Result<Vec<GroupEntry>, BrokerError>> {
-            Box::pin(async move {
-                let entries = self.inner.read(count, block).await?;
-                if !entries.is_empty() {
-                    self.seen.answered.store(true, Ordering::SeqCst);
-                    tokio::time::sleep(self.reply).await;
-                }
-                Ok(entries)
-            })
-        }
-
-        fn ack(&mut self, offsets: Vec<u64>) -> BoxFuture<'_, Result<(), BrokerError>> {
-            self.seen.acked.lock().unwrap().extend(&offsets);
-            self.inner.ack(offsets)
-        }
-
-        fn claim(
-            &mut self,
-            min_idle: Duration,
-            count: usize,
-        ) -> BoxFuture<'_, Result<Vec<GroupEntry>, BrokerError>> {
-            self.inner.claim(min_idle, count)
-        }
-    }
-
-    impl Broker for SlowReplies {
-        fn publish(&self, channel: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-            self.inner.publish(channel, payload)
-        }
-
-        fn subscribe(
-            &self,
-            subscriptions: Subscriptions,
-            inbox: Inbox,
-            shutdown: CancellationToken,
-        ) -> BoxFuture<'_, Result<(), BrokerError>> {
-            self.inner.subscribe(subscriptions, inbox, shutdown)
-        }
-
-        fn kind(&self) -> &'static str {
-            "slow replies"
-        }
-
-        fn has_streams(&self) -> bool {
-            true
-        }
-
-        fn publish_durable(
-            &self,
-            channel: &str,
-            payload: Bytes,
-            retention: Retention,
-        ) -> BoxFuture<'_, Result<Position, BrokerError>> {
-            self.inner.publish_durable(channel, payload, retention)
-        }
-
-        fn read_stream(
-            &self,
-            channel: &str,
-            after: u64,
-            limit: usize,
-        ) -> BoxFuture<'_, Result<StreamRead, BrokerError>> {
-            self.inner.read_stream(channel, after, limit)
-        }
-
-        fn group_consumer(
-            &self,
-            channel: &str,
-            group: &str,
-            consumer: &str,
-        ) -> Result<Box<dyn GroupConsumer>, BrokerError> {
-            Ok(Box::new(SlowConsumer {
-                inner: self.inner.group_consumer(channel, group, consumer)?,
-                reply: self.reply,
-                seen: self.seen.clone(),
-            }))
-        }
-    }
+    use crate::broker::Broker;
+    use crate::dispatch::test_broker::FaultyMemory;
+    use crate::{MemoryBroker, Message, Subscriber, Switchboard};
 
     #[tokio::test]
     async fn a_read_answered_when_shutdown_starts_is_run_and_acknowledged() {
         let bus = MemoryBroker::new();
-        let seen = Arc::new(Seen::default());
-        let broker = SlowReplies {
+        let broker = FaultyMemory {
             inner: bus.clone(),
-            reply: Duration::from_millis(300),
-            seen: seen.clone(),
+            reply_delay: Duration::from_millis(300),
+            ..FaultyMemory::default()
         };
+        let seen = broker.clone();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         let running = Switchboard::builder()

@@ -539,6 +539,7 @@ async fn join_room(ws: &WebSocket, conn: &Conn, data: &Value) {
             if reply_data["userId"].is_null() {
                 reply_data["userId"] = Value::from(id.as_str());
             }
+            let caught_up = recovery.is_some();
             if let Some(recovery) = recovery {
                 reply_data["recovered"] = Value::Bool(recovery.recovered);
                 reply_data["epoch"] = recovery.epoch.as_deref().map_or(Value::Null, Value::from);
@@ -554,6 +555,11 @@ async fn join_room(ws: &WebSocket, conn: &Conn, data: &Value) {
                     "data": reply_data,
                 }),
             );
+            if caught_up {
+                // The live frames held since the catch-up come after the reply, whose position
+                // they follow.
+                ws.resume_live(conn, room);
+            }
         }
         Err(error) => system_reply(
             ws,
@@ -584,8 +590,11 @@ async fn leave_room(ws: &WebSocket, conn: &Conn, data: &Value) {
         );
         return;
     };
+    let left = ws.leave_room(id, room).await;
+    // Only once it is out of the room: without its cursor, a member would be sent the room's
+    // late live frames (ones its catch-up sent already) again.
     lock_cursors(conn).remove(room);
-    match ws.leave_room(id, room).await {
+    match left {
         Ok(true) => {
             let pushed = Frame::json(
                 &json!({"type": "user", "action": "leftRoom", "data": {"roomName": room}}),

@@ -11,9 +11,11 @@
 //! epoch, or trimmed) nothing is replayed and the reply says `recovered: false` with the room's
 //! current position, for the client to reload what it shows.
 //!
-//! Ordering: the client's live frames of the room wait in its `recovering` buffer while the
-//! missed ones are read and sent; then the buffered ones newer than the last sent follow, and the
-//! buffer goes, all under its lock, so no frame is sent twice or out of order.
+//! Ordering: the client's live frames of the room wait in its cursor's `held` buffer while the
+//! missed ones are read and sent; then the held ones newer than the last sent follow, under the
+//! cursor's lock, so no frame is sent twice or out of order. The buffer stays until the join's
+//! reply is queued ([`resume_live`](WebSocket::resume_live)): a live frame sent before the reply
+//! would be newer than the position the reply gives.
 
 use std::sync::Arc;
 
@@ -35,7 +37,8 @@ const READ_BATCH: usize = 512;
 /// Where a client that rejoined a durable room with a position is in it.
 #[derive(Debug, Default)]
 pub(crate) struct RoomCursor {
-    /// While it catches up: the live frames that arrive meanwhile (epoch, offset, frame).
+    /// While it catches up, until the join's reply is queued: the live frames that arrive
+    /// meanwhile (epoch, offset, frame).
     held: Option<Vec<(Arc<str>, u64, Frame)>>,
     /// The last frame sent to it: a live frame at or before it (already sent from the history)
     /// is not sent again.
@@ -111,18 +114,20 @@ impl WebSocket {
             return;
         };
         let excluded = excluded(payload);
-        let members: Vec<Arc<Conn>> = {
-            let state = self.read();
-            let Some(members) = state.rooms.get(room) else {
-                return;
-            };
-            members
-                .iter()
-                .filter(|(id, _)| Some(*id) != excluded.as_ref())
-                .filter_map(|(_, conn)| conn.clone())
-                .collect()
+        // Sent under the state's read lock, as `room_send` does: a client's leave (which takes
+        // the write lock) waits for this frame, so that none comes after the leave's reply.
+        let state = self.read();
+        let Some(members) = state.rooms.get(room) else {
+            return;
         };
+        let members = members
+            .iter()
+            .filter(|(id, _)| Some(*id) != excluded.as_ref())
+            .filter_map(|(_, conn)| conn.as_deref());
         for conn in members {
+            // Checked and sent under the client's cursors lock: a rejoin's catch-up, which resets
+            // the cursor under it, cannot send this frame from the history before this live copy
+            // goes (the client would get it twice, out of order).
             let mut cursors = lock(&conn.durable_rooms);
             if let Some(cursor) = cursors.get_mut(room) {
                 if let Some(held) = &mut cursor.held {
@@ -132,7 +137,7 @@ impl WebSocket {
                         drop(cursors);
                         if conn.close(crate::client::DisconnectReason::SlowConsumer) {
                             self.count_slow_consumer(
-                                &conn,
+                                conn,
                                 "too many frames held while it caught up on a room",
                             );
                         }
@@ -148,8 +153,7 @@ impl WebSocket {
                 cursor.epoch = Some(at.epoch.clone());
                 cursor.offset = at.offset;
             }
-            drop(cursors);
-            self.deliver(&conn, &frame);
+            self.deliver(conn, &frame);
         }
     }
 
@@ -239,23 +243,47 @@ impl WebSocket {
                 break;
             }
         }
-        // The live frames held meanwhile, newer than the last sent, in order; then live again,
-        // from the last frame sent.
+        // The live frames held meanwhile, newer than the last sent, in order. The cursor still
+        // holds the next ones, until the join's reply is queued (`resume_live`).
         let mut cursors = lock(&conn.durable_rooms);
-        let cursor = cursors.entry(room.to_owned()).or_default();
-        let mut held = cursor.held.take().unwrap_or_default();
-        held.sort_by_key(|(_, offset, _)| *offset);
-        for (frame_epoch, offset, frame) in held {
-            let newer =
-                recovery.epoch.as_deref() != Some(&*frame_epoch) || offset > recovery.offset;
-            if newer {
-                recovery.epoch = Some(frame_epoch);
-                recovery.offset = offset;
-                self.deliver(conn, &frame);
-            }
-        }
+        let cursor = cursors
+            .entry(room.to_owned())
+            .or_insert_with(RoomCursor::holding);
+        let held = cursor.held.as_mut().map(std::mem::take).unwrap_or_default();
+        self.send_held(conn, held, &mut recovery.epoch, &mut recovery.offset);
         cursor.epoch.clone_from(&recovery.epoch);
         cursor.offset = recovery.offset;
         recovery
+    }
+
+    /// After the reply to a join that [caught up](Self::catch_up): sends the live frames held
+    /// since, newer than the position the reply gave, in order; then the room's live frames go
+    /// to the client as they come.
+    pub(crate) fn resume_live(&self, conn: &Conn, room: &str) {
+        let mut cursors = lock(&conn.durable_rooms);
+        let Some(cursor) = cursors.get_mut(room) else {
+            return;
+        };
+        let held = cursor.held.take().unwrap_or_default();
+        self.send_held(conn, held, &mut cursor.epoch, &mut cursor.offset);
+    }
+
+    /// Sends the `held` frames newer than `(epoch, offset)`, in order, advancing it to the last
+    /// sent. Under the client's cursors lock.
+    fn send_held(
+        &self,
+        conn: &Conn,
+        mut held: Vec<(Arc<str>, u64, Frame)>,
+        epoch: &mut Option<Arc<str>>,
+        offset: &mut u64,
+    ) {
+        held.sort_by_key(|(_, offset, _)| *offset);
+        for (frame_epoch, frame_offset, frame) in held {
+            if epoch.as_deref() != Some(&*frame_epoch) || frame_offset > *offset {
+                *epoch = Some(frame_epoch);
+                *offset = frame_offset;
+                self.deliver(conn, &frame);
+            }
+        }
     }
 }

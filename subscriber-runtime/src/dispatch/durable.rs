@@ -11,6 +11,11 @@
 //!   streams at a time.
 //! - What the stream no longer holds (trimmed by its retention, or expired) is counted in
 //!   [`Stats::durable_lost`](crate::Stats::durable_lost) and logged.
+//! - A live message's position is trusted only as far as its stream bears it out when the stream
+//!   is read for it: anyone may `PUBLISH` on the channel. One beyond the top of its stream (say
+//!   offset `u64::MAX`) is not handled, and one of an epoch that is neither the cursor's nor the
+//!   stream's is handled without moving the cursor, so that neither makes the worker skip or
+//!   repeat the real messages after it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -101,6 +106,25 @@ impl Cursors {
     }
 }
 
+/// What the stream, read for a live message (a gap before it, or its epoch unknown), says of
+/// the message's position. Anyone may `PUBLISH` on a durable channel: a position the stream does
+/// not bear out must not become the cursor, or the real messages after it would be taken for
+/// duplicates (a spoofed offset `u64::MAX`) or handled again (a spoofed epoch, after which the
+/// real one looks new and is read from offset 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Live {
+    /// Its stream has it (or had it: an epoch that ended since): the message is handled and
+    /// becomes the cursor.
+    Next,
+    /// Its epoch is neither the cursor's nor the stream's: handled (it may be real, from a stream
+    /// that started again twice while it was read), the cursor stays.
+    ForeignEpoch,
+    /// Its offset is beyond the top of its stream, in the stream's own epoch: it was not
+    /// published by the durable script, or Redis lost it since (a failover or restart that
+    /// hands its offset out again). Not handled, the cursor stays.
+    BeyondTop,
+}
+
 impl Dispatcher {
     /// A live message of a durable channel, in its lane.
     pub(super) async fn durable_message(
@@ -109,7 +133,7 @@ impl Dispatcher {
         payload: Bytes,
         position: Position,
     ) {
-        match self.cursors.get(channel) {
+        let live = match self.cursors.get(channel) {
             Some(cursor) if cursor.epoch.as_deref() == Some(&*position.epoch) => {
                 if position.offset <= cursor.offset {
                     Counters::inc(&self.counters.durable_duplicates);
@@ -117,42 +141,64 @@ impl Dispatcher {
                     return;
                 }
                 if position.offset > cursor.offset.saturating_add(1) {
-                    self.recover(channel, Some(&position)).await;
+                    self.recover(channel, Some(&position)).await
+                } else {
+                    Live::Next
                 }
             }
             // The worker knew the channel (or that it had no stream): everything of this epoch
             // before this message was published since.
             Some(cursor) if cursor.epoch.is_some() || position.offset > 1 => {
-                self.recover(channel, Some(&position)).await;
+                self.recover(channel, Some(&position)).await
             }
             // No stream at the worker's start, and this is its first message: nothing to read.
-            Some(_) => {}
+            Some(_) => Live::Next,
             // The first message seen on a channel no cursor was set for (a pattern's channel):
             // the worker starts here.
-            None => {}
+            None => Live::Next,
+        };
+        match live {
+            Live::Next => self.cursors.set(
+                channel,
+                Cursor {
+                    epoch: Some(position.epoch.clone()),
+                    offset: position.offset,
+                },
+            ),
+            Live::ForeignEpoch => {
+                tracing::warn!(
+                    channel = %channel,
+                    worker_id = %self.config.worker_id,
+                    %position,
+                    "live durable message of an epoch that is neither this worker's nor its stream's (not published by the durable script, or a stream that started again twice meanwhile): handled, the cursor stays"
+                );
+            }
+            Live::BeyondTop => {
+                tracing::warn!(
+                    channel = %channel,
+                    worker_id = %self.config.worker_id,
+                    %position,
+                    "live durable message beyond the top of its stream (not published by the durable script, or Redis lost its last writes since): not handled"
+                );
+                return;
+            }
         }
-        self.cursors.set(
-            channel,
-            Cursor {
-                epoch: Some(position.epoch.clone()),
-                offset: position.offset,
-            },
-        );
         self.handle_stored(channel, payload, position, false).await;
     }
 
     /// Reads `channel`'s stream from its cursor and handles each entry, in order: up to just
     /// before `until` (a live message's position), or to the end of the stream (`None`).
-    pub(super) async fn recover(&self, channel: &Arc<str>, until: Option<&Position>) {
+    /// Returns what the stream, as read, says of `until` ([`Live::Next`] without one).
+    pub(super) async fn recover(&self, channel: &Arc<str>, until: Option<&Position>) -> Live {
         let Some(mut cursor) = self.cursors.get(channel) else {
-            return;
+            return Live::Next;
         };
         loop {
             if let Some(until) = until {
                 if cursor.epoch.as_deref() == Some(&*until.epoch)
                     && cursor.offset.saturating_add(1) >= until.offset
                 {
-                    return;
+                    return Live::Next;
                 }
             }
             let Some(read) = self.read_with_retries(channel, cursor.offset).await else {
@@ -160,24 +206,30 @@ impl Dispatcher {
                     u.offset.saturating_sub(cursor.offset.saturating_add(1))
                 });
                 self.lost(channel, missed, "the stream could not be read");
-                return;
-            };
-            let Some(epoch) = read.epoch.clone() else {
-                // No stream (any more): nothing to read.
-                let missed = until.map_or(0, |u| {
-                    u.offset.saturating_sub(cursor.offset.saturating_add(1))
-                });
-                self.lost(channel, missed, "the stream expired");
-                return;
+                return Live::Next;
             };
             if let Some(until) = until {
-                if until.epoch != epoch {
-                    // The stream started again after the live message: its epoch is gone.
+                if read.epoch.as_ref() != Some(&until.epoch) {
+                    // No stream (any more), or another epoch: the live message's epoch is gone.
+                    if cursor.epoch.as_ref() != Some(&until.epoch) {
+                        // Nor is it the epoch this worker was in: its offsets say nothing of
+                        // what this worker missed, and are no cursor.
+                        return Live::ForeignEpoch;
+                    }
+                    // The stream started again (or expired) after the live message.
                     let missed = until.offset.saturating_sub(cursor.offset.saturating_add(1));
-                    self.lost(channel, missed, "the stream started a new epoch since");
-                    return;
+                    self.lost(
+                        channel,
+                        missed,
+                        "the stream expired or started a new epoch since",
+                    );
+                    return Live::Next;
                 }
             }
+            let Some(epoch) = read.epoch.clone() else {
+                // No stream (any more): nothing to read.
+                return Live::Next;
+            };
             if cursor.epoch.as_deref() != Some(&*epoch) {
                 if let Some(old) = &cursor.epoch {
                     tracing::warn!(
@@ -240,7 +292,10 @@ impl Dispatcher {
                 self.handle_stored(channel, payload, position, true).await;
             }
             if !progressed {
-                let end = until.map_or(read.last, |u| u.offset - 1);
+                // Only what the stream has published: a live message beyond its top was not (or
+                // no longer is) in it, and the offsets up to it are no loss.
+                let beyond = until.is_some_and(|u| u.offset > read.last);
+                let end = until.map_or(read.last, |u| (u.offset - 1).min(read.last));
                 if end > cursor.offset {
                     self.lost(
                         channel,
@@ -250,7 +305,7 @@ impl Dispatcher {
                     cursor.offset = end;
                     self.cursors.set(channel, cursor.clone());
                 }
-                return;
+                return if beyond { Live::BeyondTop } else { Live::Next };
             }
         }
     }

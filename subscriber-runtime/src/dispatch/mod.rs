@@ -426,7 +426,9 @@ impl Dispatcher {
                     .dispatch_duration
                     .record(job.received.elapsed());
             }
-            Work::CatchUp => self.recover(channel, None).await,
+            Work::CatchUp => {
+                self.recover(channel, None).await;
+            }
         }
         drop(job._pending);
         self.in_flight.finish();

@@ -875,6 +875,88 @@ async fn concurrent_durable_publishes_on_a_cluster_are_batched_with_consecutive_
     sender.shutdown().await;
 }
 
+/// A primary that stops answering (its process stopped) while a durable channel's batch is in flight:
+/// the publish fails with a timeout after `publish_timeout` (the cluster client's own retries do
+/// not hold it), and once the node answers again the channel publishes again, its queue not stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_batch_on_a_stalled_primary_times_out_and_the_channel_publishes_again() {
+    let Some(cluster) = cluster(3, 0).await else {
+        return;
+    };
+    let retention = switchboard::broker::Retention::default();
+    let sender = start(app(broker(&cluster, "stalled")).durable("ledger", retention)).await;
+    let first = sender
+        .publisher()
+        .publish_durable("ledger", &json!({ "seq": 0 }))
+        .await
+        .expect("published")
+        .expect("a durable channel");
+    let (_, node) = owner_of(&cluster, &broker(&cluster, "stalled"), "ledger").await;
+    // The node's process stopped (SIGSTOP) for 2 s: connections stay open, nothing answers.
+    let pid: String = {
+        let mut connection = cluster.connection(node).await;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await
+            .expect("INFO server");
+        info.lines()
+            .find_map(|line| line.strip_prefix("process_id:"))
+            .expect("a process id")
+            .trim()
+            .to_owned()
+    };
+    let signal = move |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    let sleeper = {
+        let signal = signal.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            signal("-CONT");
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let stalled = sender
+        .publisher()
+        .publish_durable("ledger", &json!({ "seq": 1 }))
+        .await;
+    assert!(
+        matches!(
+            stalled,
+            Err(switchboard::PublishError::Broker(BrokerError::Timeout(_)))
+        ),
+        "{stalled:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "bounded by publish_timeout"
+    );
+    sleeper.await.unwrap();
+    let mut again = None;
+    for _ in 0..20 {
+        if let Ok(Some(position)) = sender
+            .publisher()
+            .publish_durable("ledger", &json!({ "seq": 2 }))
+            .await
+        {
+            again = Some(position);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let again = again.expect("the channel publishes again");
+    assert_eq!(again.epoch, first.epoch);
+    assert!(again.offset > first.offset);
+    sender.shutdown().await;
+}
+
 /// Run-once handlers on a cluster: two workers in one consumer group on the stream (in its
 /// partition's slot); every message is handled by exactly one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

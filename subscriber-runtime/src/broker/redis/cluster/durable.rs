@@ -92,7 +92,9 @@ impl BatchScript for RedisClusterBroker {
         retention: Retention,
         tails: &'a [Vec<u8>],
     ) -> BoxFuture<'a, Result<(String, u64), BrokerError>> {
-        Box::pin(async move {
+        // Bounded as a whole (the cluster client retries on its own): a batch that hangs would
+        // hold up every publish queued behind it on the channel.
+        let call = async move {
             let (stream, meta) = self.stream_keys(channel);
             let partition = self.partitions.name(self.partitions.of(channel));
             let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
@@ -116,6 +118,11 @@ impl BatchScript for RedisClusterBroker {
                 .invoke_async(&mut connection)
                 .await
                 .map_err(|e| classify(&e, &self.urls, self.publish_timeout))
+        };
+        Box::pin(async move {
+            tokio::time::timeout(self.publish_timeout, call)
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(self.publish_timeout)))
         })
     }
 }

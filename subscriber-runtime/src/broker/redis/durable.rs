@@ -186,23 +186,14 @@ impl RedisBroker {
         tails: &[Vec<u8>],
         retention: Retention,
     ) -> Result<(String, u64), BrokerError> {
-        let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
         let (generation, mut conn) = self
             .publisher
             .get(&self.client, self.publish_timeout)
             .await
             .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
         let mut invocation = PUBLISH_SCRIPT.key(stream);
-        invocation
-            .key(meta)
-            .arg(on_redis)
-            .arg(retention.max_messages())
-            .arg(window_ms)
-            .arg(&*self.epochs.next())
-            .arg(now_ms());
-        for tail in tails {
-            invocation.arg(tail.as_slice());
-        }
+        invocation.key(meta).arg(on_redis);
+        script_args(&mut invocation, retention, &self.epochs.next(), tails);
         let call = invocation.invoke_async(&mut conn);
         match tokio::time::timeout(self.publish_timeout, call).await {
             Ok(Ok(reply)) => Ok(reply),
@@ -282,8 +273,28 @@ pub(super) fn stream_read(meta: &[Option<String>], entries: Value) -> StreamRead
     }
 }
 
+/// The script's arguments after the channel (`ARGV[2]` on), on one Redis and on a cluster: the
+/// messages kept, the window (ms), the epoch for a new stream, the publisher's clock, then the
+/// payloads.
+pub(super) fn script_args(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    retention: Retention,
+    epoch: &str,
+    tails: &[Vec<u8>],
+) {
+    let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
+    invocation
+        .arg(retention.max_messages())
+        .arg(window_ms)
+        .arg(epoch)
+        .arg(now_ms());
+    for tail in tails {
+        invocation.arg(tail.as_slice());
+    }
+}
+
 /// The publisher's clock for the script's time window: milliseconds since the Unix epoch.
-pub(super) fn now_ms() -> u64 {
+fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

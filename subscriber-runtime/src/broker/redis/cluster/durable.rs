@@ -23,7 +23,7 @@ use redis::RedisError;
 use super::RedisClusterBroker;
 use crate::broker::redis::classify;
 use crate::broker::redis::durable::{
-    now_ms, read_pipeline, stream_read, BatchScript, DurableQueue,
+    read_pipeline, script_args, stream_read, BatchScript, DurableQueue,
 };
 use crate::broker::redis::group::GroupBackend;
 use crate::broker::{Retention, StreamRead};
@@ -97,23 +97,13 @@ impl BatchScript for RedisClusterBroker {
         let call = async move {
             let (stream, meta) = self.stream_keys(channel);
             let partition = self.partitions.name(self.partitions.of(channel));
-            let window_ms = u64::try_from(retention.max_age().as_millis()).unwrap_or(u64::MAX);
             let mut connection = self
                 .publisher()
                 .await
                 .map_err(|e| classify(&e, &self.urls, self.connect_timeout))?;
             let mut invocation = CLUSTER_SCRIPT.key(&stream);
-            invocation
-                .key(&meta)
-                .key(partition)
-                .arg(channel)
-                .arg(retention.max_messages())
-                .arg(window_ms)
-                .arg(&*self.epochs.next())
-                .arg(now_ms());
-            for tail in tails {
-                invocation.arg(tail.as_slice());
-            }
+            invocation.key(&meta).key(partition).arg(channel);
+            script_args(&mut invocation, retention, &self.epochs.next(), tails);
             invocation
                 .invoke_async(&mut connection)
                 .await

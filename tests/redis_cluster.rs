@@ -528,10 +528,29 @@ async fn bad_configuration_is_refused_with_a_clear_error() {
         matches!(&no_urls, BrokerError::Config(m) if m.contains("no Redis Cluster URL")),
         "{no_urls}"
     );
-    let tls = RedisClusterBroker::from_urls(["rediss://127.0.0.1:7000"]).unwrap_err();
+    // TLS seeds need the `tls` feature (tests/redis_tls.rs runs them on a real TLS cluster); with
+    // it, every seed must use TLS, or none.
+    let tls = RedisClusterBroker::from_urls(["rediss://127.0.0.1:7000"]);
+    if cfg!(feature = "tls") {
+        assert!(tls.is_ok(), "{tls:?}");
+        let mixed =
+            RedisClusterBroker::from_urls(["rediss://127.0.0.1:7000", "redis://127.0.0.1:7001"])
+                .unwrap_err();
+        assert!(
+            matches!(&mixed, BrokerError::Config(m) if m.contains("mix `redis://` and `rediss://`")),
+            "{mixed}"
+        );
+    } else {
+        let tls = tls.unwrap_err();
+        assert!(
+            matches!(&tls, BrokerError::Config(m) if m.contains("TLS") && m.contains("`tls` feature")),
+            "{tls}"
+        );
+    }
+    let unix = RedisClusterBroker::from_urls(["redis+unix:///tmp/redis.sock"]).unwrap_err();
     assert!(
-        matches!(&tls, BrokerError::Config(m) if m.contains("TLS")),
-        "{tls}"
+        matches!(&unix, BrokerError::Config(m) if m.contains("Unix sockets")),
+        "{unix}"
     );
     let db = RedisClusterBroker::from_urls(["redis://127.0.0.1:7000/2"]).unwrap_err();
     assert!(

@@ -109,6 +109,21 @@ fn linked_plugins() -> Plugins {
     )
 }
 
+/// The PEM of `REDIS_TLS_CA_FILE`.
+fn read_ca_file(path: &str) -> Result<Vec<u8>, crate::BrokerError> {
+    let path = path.trim();
+    if !cfg!(feature = "tls") {
+        return Err(crate::BrokerError::Config(format!(
+            "REDIS_TLS_CA_FILE={path:?} is set, but TLS needs the `tls` feature (of switchboard, or subscriber-runtime); enable it, or unset REDIS_TLS_CA_FILE"
+        )));
+    }
+    std::fs::read(path).map_err(|e| {
+        crate::BrokerError::Config(format!(
+            "REDIS_TLS_CA_FILE={path:?} cannot be read: {e} (give the path of a PEM file of the CA certificates that signed the Redis servers' certificates)"
+        ))
+    })
+}
+
 impl Builder {
     /// Uses this broker (default: a new in-process [`MemoryBroker`]).
     pub fn broker(mut self, broker: impl Broker) -> Self {
@@ -125,15 +140,20 @@ impl Builder {
     /// - else the in-process [`MemoryBroker`].
     ///
     /// Either Redis broker is namespaced with `REDIS_NAMESPACE` when that is set and not empty.
+    /// With `rediss://` URLs (the `tls` feature), `REDIS_TLS_CA_FILE` is the path of a PEM file of
+    /// the CA certificates to trust instead of the platform's (see
+    /// [`RedisBroker::tls_root_certificates`](crate::broker::RedisBroker::tls_root_certificates)).
     ///
     /// # Errors
     /// [`Error::Broker`] with [`BrokerError::Config`](crate::BrokerError::Config) when
-    /// `REDIS_URL` or `REDIS_CLUSTER_URLS` holds an invalid URL, or `REDIS_CLUSTER_PARTITIONS` is
-    /// not a number. A number of partitions outside 1 to 1024 is the same error when the
-    /// application starts.
+    /// `REDIS_URL` or `REDIS_CLUSTER_URLS` holds an invalid URL, `REDIS_CLUSTER_PARTITIONS` is
+    /// not a number, or `REDIS_TLS_CA_FILE` cannot be read, holds no certificate, is set for
+    /// `redis://` URLs or without the `tls` feature. A number of partitions outside 1 to 1024 is
+    /// the same error when the application starts.
     pub fn broker_from_env(self) -> Result<Self, Error> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let namespace = var("REDIS_NAMESPACE");
+        let ca_file = var("REDIS_TLS_CA_FILE");
         if let Some(urls) = var("REDIS_CLUSTER_URLS") {
             let urls = urls.split([',', ' ', '\n', '\t']).filter(|u| !u.is_empty());
             let mut broker = crate::broker::RedisClusterBroker::from_urls(urls)?;
@@ -148,6 +168,13 @@ impl Builder {
             if let Some(namespace) = namespace {
                 broker = broker.namespace(namespace.trim());
             }
+            if let Some(path) = ca_file {
+                let _pem = read_ca_file(&path)?;
+                #[cfg(feature = "tls")]
+                {
+                    broker = broker.tls_root_certificates(_pem)?;
+                }
+            }
             return Ok(self.broker(broker));
         }
         match var("REDIS_URL") {
@@ -155,6 +182,13 @@ impl Builder {
                 let mut broker = crate::broker::RedisBroker::from_url(&url)?;
                 if let Some(namespace) = namespace {
                     broker = broker.namespace(namespace.trim());
+                }
+                if let Some(path) = ca_file {
+                    let _pem = read_ca_file(&path)?;
+                    #[cfg(feature = "tls")]
+                    {
+                        broker = broker.tls_root_certificates(_pem)?;
+                    }
                 }
                 Ok(self.broker(broker))
             }

@@ -19,12 +19,14 @@ pub(super) const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl RedisBroker {
-    /// A broker for the Redis server at `url` (e.g. `redis://127.0.0.1:6379/`). The URL is parsed
-    /// now; nothing connects until the application starts or publishes.
+    /// A broker for the Redis server at `url` (e.g. `redis://127.0.0.1:6379/`, or
+    /// `rediss://redis.example:6380/` for TLS). The URL is parsed now; nothing connects until the
+    /// application starts or publishes.
     ///
     /// # Errors
-    /// [`BrokerError::Config`] for a URL that is not a valid Redis URL, or a `rediss://` URL
-    /// without the `tls` feature.
+    /// [`BrokerError::Config`] for a URL that is not a valid Redis URL, a `rediss://` URL without
+    /// the `tls` feature, or a `rediss://...#insecure` URL (certificates are always verified:
+    /// give a private CA with `tls_root_certificates` instead).
     pub fn from_url(url: &str) -> Result<Self, BrokerError> {
         let url = url.trim();
         let redacted = redact(url);
@@ -39,6 +41,13 @@ impl RedisBroker {
                 "invalid Redis URL {redacted}: {e} (expected redis://[user][:password@]host[:port][/db])"
             ))
         })?;
+        if let redis::ConnectionAddr::TcpTls { insecure: true, .. } =
+            client.get_connection_info().addr()
+        {
+            return Err(BrokerError::Config(format!(
+                "the Redis URL {redacted} asks for TLS without certificate verification (`#insecure`), which is not supported: give the CA of the server's certificate with tls_root_certificates (or REDIS_TLS_CA_FILE) instead"
+            )));
+        }
         Ok(Self {
             client,
             url: redacted.into(),
@@ -56,6 +65,47 @@ impl RedisBroker {
             epochs: Arc::default(),
             durable_queues: Arc::default(),
         })
+    }
+
+    /// Trusts the CA certificates of `pem` (one or more `-----BEGIN CERTIFICATE-----` blocks) for
+    /// the server's TLS certificate, **instead of** the platform's root certificates: for a Redis
+    /// whose certificate a private CA signed. The URL must be a `rediss://` one. Needs the `tls`
+    /// feature.
+    ///
+    /// ```no_run
+    /// use switchboard::broker::RedisBroker;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let broker = RedisBroker::from_url("rediss://redis.internal:6380/")?
+    ///     .tls_root_certificates(&ca)?;
+    /// # let _ = broker;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`BrokerError::Config`] when `pem` holds no certificate (or one that cannot be read), or
+    /// the URL is not a `rediss://` URL.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificates(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BrokerError> {
+        let pem = pem.as_ref();
+        super::tls::parse_roots(pem)?;
+        let info = self.client.get_connection_info().clone();
+        if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            return Err(BrokerError::Config(format!(
+                "TLS root certificates were given for the Redis URL {}, which does not use TLS: use a `rediss://` URL",
+                self.url
+            )));
+        }
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        };
+        self.client = redis::Client::build_with_tls(info, certificates).map_err(|e| {
+            BrokerError::Config(format!("the TLS root certificates for {}: {e}", self.url))
+        })?;
+        Ok(self)
     }
 
     /// Prefixes every channel and pattern on Redis with `"{namespace}:"` (a trailing `:` in

@@ -28,6 +28,8 @@ mod group;
 mod presence;
 mod publisher;
 mod subscriber;
+#[cfg(feature = "tls")]
+mod tls;
 
 use self::backoff::Backoff;
 pub use self::cluster::RedisClusterBroker;
@@ -279,6 +281,9 @@ fn classify(error: &RedisError, url: &str, timeout: Duration) -> BrokerError {
         || error.is_connection_dropped()
         || error.is_unrecoverable_error()
     {
+        let error = error.to_string();
+        #[cfg(feature = "tls")]
+        let error = tls::explain(&error);
         BrokerError::Unreachable(format!("redis at {url}: {error}"))
     } else {
         BrokerError::Other(format!("redis at {url}: {error}"))

@@ -143,10 +143,8 @@ impl GroupBackend for RedisClusterBroker {
         response_timeout: Duration,
     ) -> BoxFuture<'_, Result<ClusterConnection, BrokerError>> {
         Box::pin(async move {
-            let client = redis::cluster::ClusterClientBuilder::new(self.seeds.iter().cloned())
-                .connection_timeout(self.connect_timeout)
-                .response_timeout(response_timeout)
-                .build()
+            let client = self
+                .cluster_client(response_timeout)
                 .map_err(|e| classify(&e, &self.urls, self.connect_timeout))?;
             client
                 .get_async_connection()

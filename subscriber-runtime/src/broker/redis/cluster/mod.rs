@@ -104,8 +104,14 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// each consumer on a cluster connection of its own.
 #[derive(Clone)]
 pub struct RedisClusterBroker {
-    /// The seed nodes, as given.
+    /// The seed nodes, as given (with the TLS roots once given).
     seeds: Arc<[ConnectionInfo]>,
+    /// The seeds are `rediss://` ones: every connection speaks TLS.
+    tls: bool,
+    /// The CA certificates (PEM) that [`tls_root_certificates`](Self::tls_root_certificates)
+    /// gave, trusted instead of the platform's.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls_roots: Option<Arc<[u8]>>,
     /// The seeds' URLs with passwords hidden, for logs and errors.
     urls: Arc<str>,
     prefix: Arc<str>,
@@ -148,9 +154,16 @@ impl RedisClusterBroker {
     /// tried in turn). The URLs are parsed now; nothing connects until the application starts or
     /// publishes. A password in the first URL is used for every node.
     ///
+    /// `rediss://` seeds (TLS, with the `tls` feature) make every connection to every node a TLS
+    /// one; the seeds must then all be `rediss://` ones. Each node's certificate is checked
+    /// against the host the cluster announces for it (an IP address unless the nodes announce
+    /// host names), with the platform's root certificates, or those given to
+    /// [`tls_root_certificates`](Self::tls_root_certificates).
+    ///
     /// # Errors
-    /// [`BrokerError::Config`] for no URL, an invalid one, a `rediss://` (TLS) or Unix socket URL
-    /// (not supported on a cluster yet), or a database other than 0 (a cluster has only one).
+    /// [`BrokerError::Config`] for no URL, an invalid one, a Unix socket URL, a `rediss://` URL
+    /// without the `tls` feature (or with `#insecure`), a mix of `redis://` and `rediss://`
+    /// URLs, or a database other than 0 (a cluster has only one).
     pub fn from_urls<I>(urls: I) -> Result<Self, BrokerError>
     where
         I: IntoIterator,
@@ -158,24 +171,46 @@ impl RedisClusterBroker {
     {
         let mut seeds = Vec::new();
         let mut redacted = Vec::new();
+        let mut uses_tls = None;
         for url in urls {
             let url = url.as_ref().trim();
             if url.is_empty() {
                 continue;
             }
             let shown = config::redact(url);
+            let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+            if matches!(scheme.as_str(), "rediss" | "valkeys") && !cfg!(feature = "tls") {
+                return Err(BrokerError::Config(format!(
+                    "the Redis Cluster URL {shown} asks for TLS (`{scheme}://`), which needs the `tls` feature (of switchboard, or subscriber-runtime); enable it, or use a `redis://` URL"
+                )));
+            }
             let info = url.into_connection_info().map_err(|e| {
                 BrokerError::Config(format!(
                     "invalid Redis Cluster URL {shown}: {e} (expected redis://[user][:password@]host:port)"
                 ))
             })?;
-            match info.addr() {
-                ConnectionAddr::Tcp(..) => {}
-                _ => {
+            let tls = match info.addr() {
+                ConnectionAddr::Tcp(..) => false,
+                ConnectionAddr::TcpTls { insecure: true, .. } => {
                     return Err(BrokerError::Config(format!(
-                        "the Redis Cluster URL {shown} is not a plain TCP address: TLS and Unix sockets are not supported by the cluster broker yet"
+                        "the Redis Cluster URL {shown} asks for TLS without certificate verification (`#insecure`), which is not supported: give the CA of the nodes' certificates with tls_root_certificates (or REDIS_TLS_CA_FILE) instead"
                     )))
                 }
+                ConnectionAddr::TcpTls { .. } => true,
+                _ => {
+                    return Err(BrokerError::Config(format!(
+                        "the Redis Cluster URL {shown} is not a TCP address: Unix sockets are not supported by the cluster broker"
+                    )))
+                }
+            };
+            match uses_tls {
+                Some(others) if others != tls => {
+                    return Err(BrokerError::Config(format!(
+                        "the Redis Cluster URLs mix `redis://` and `rediss://` ({}, {shown}): every node of a cluster is reached the same way; use `rediss://` for all of them (TLS) or for none",
+                        redacted.join(",")
+                    )))
+                }
+                _ => uses_tls = Some(tls),
             }
             if info.redis_settings().db() != 0 {
                 return Err(BrokerError::Config(format!(
@@ -193,6 +228,8 @@ impl RedisClusterBroker {
         }
         Ok(Self {
             seeds: seeds.into(),
+            tls: uses_tls.unwrap_or(false),
+            tls_roots: None,
             urls: redacted.join(",").into(),
             prefix: "".into(),
             invalid_namespace: None,
@@ -210,6 +247,59 @@ impl RedisClusterBroker {
             epochs: Arc::default(),
             durable_queues: Arc::default(),
         })
+    }
+
+    /// Trusts the CA certificates of `pem` (one or more `-----BEGIN CERTIFICATE-----` blocks) for
+    /// the nodes' TLS certificates, **instead of** the platform's root certificates: for a cluster
+    /// whose certificates a private CA signed. Every connection uses them: the subscriber
+    /// connections, publishing, durable channels and run-once handlers. The seeds must be
+    /// `rediss://` URLs. Needs the `tls` feature.
+    ///
+    /// ```no_run
+    /// use switchboard::broker::RedisClusterBroker;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let broker = RedisClusterBroker::from_urls(["rediss://10.0.0.1:7000", "rediss://10.0.0.2:7000"])?
+    ///     .tls_root_certificates(&ca)?;
+    /// # let _ = broker;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`BrokerError::Config`] when `pem` holds no certificate (or one that cannot be read), or
+    /// the seeds are not `rediss://` URLs.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificates(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BrokerError> {
+        let pem = pem.as_ref();
+        super::tls::parse_roots(pem)?;
+        if !self.tls {
+            return Err(BrokerError::Config(format!(
+                "TLS root certificates were given for the Redis Cluster URLs {}, which do not use TLS: use `rediss://` URLs",
+                self.urls
+            )));
+        }
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        };
+        // The seeds carry the roots too: the slot map is read through them, and `info_for`
+        // copies the first one's.
+        let seeds = self
+            .seeds
+            .iter()
+            .map(|seed| {
+                redis::Client::build_with_tls(seed.clone(), certificates.clone())
+                    .map(|client| client.get_connection_info().clone())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                BrokerError::Config(format!("the TLS root certificates for {}: {e}", self.urls))
+            })?;
+        self.seeds = seeds.into();
+        self.tls_roots = Some(pem.into());
+        Ok(self)
     }
 
     /// Prefixes every partition channel with `"{namespace}:"`, as
@@ -326,15 +416,56 @@ impl RedisClusterBroker {
         }
     }
 
-    /// The connection settings for `node` (`host:port`): the first seed's, at that address.
+    /// The connection settings for `node` (`host:port`): the first seed's (TLS included), at
+    /// that address.
     fn info_for(&self, node: &str) -> Option<ConnectionInfo> {
         let (host, port) = node.rsplit_once(':')?;
         let port = port.parse().ok()?;
-        Some(
-            self.seeds[0]
-                .clone()
-                .set_addr(ConnectionAddr::Tcp(host.to_owned(), port)),
-        )
+        let host = host.to_owned();
+        let addr = match self.seeds[0].addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        Some(self.seeds[0].clone().set_addr(addr))
+    }
+
+    /// A cluster client on the seeds, with the TLS roots when given.
+    fn cluster_client(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<redis::cluster::ClusterClient, redis::RedisError> {
+        #[allow(unused_mut)]
+        let mut builder = redis::cluster::ClusterClientBuilder::new(self.seeds.iter().cloned())
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(response_timeout);
+        #[cfg(feature = "tls")]
+        if let Some(pem) = &self.tls_roots {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            });
+        }
+        builder.build()
+    }
+
+    /// The connector of the subscriber connections: `None` for plain TCP.
+    fn node_tls(&self) -> Result<node::Tls, BrokerError> {
+        if !self.tls {
+            return Ok(None);
+        }
+        #[cfg(feature = "tls")]
+        return super::tls::connector(self.tls_roots.as_deref()).map(Some);
+        #[cfg(not(feature = "tls"))]
+        unreachable!("`rediss://` seeds are refused without the `tls` feature")
     }
 
     async fn publisher(&self) -> Result<ClusterConnection, redis::RedisError> {
@@ -342,10 +473,7 @@ impl RedisClusterBroker {
         if let Some(connection) = &*slot {
             return Ok(connection.clone());
         }
-        let client = redis::cluster::ClusterClientBuilder::new(self.seeds.iter().cloned())
-            .connection_timeout(self.connect_timeout)
-            .response_timeout(self.publish_timeout)
-            .build()?;
+        let client = self.cluster_client(self.publish_timeout)?;
         let connection = client.get_async_connection().await?;
         *slot = Some(connection.clone());
         Ok(connection)
@@ -421,11 +549,13 @@ impl Broker for RedisClusterBroker {
                     target.deliver(channel, payload);
                 }
             });
+            let tls = self.node_tls()?;
             let (ready_tx, ready) = oneshot::channel();
             let last_error = Arc::new(Mutex::new(None));
             let stop = shutdown.child_token();
             let supervisor = supervisor::Supervisor {
                 broker: self.clone(),
+                tls,
                 wanted,
                 deliver,
                 inbox,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -51,13 +52,39 @@ pub(super) enum Command {
 }
 
 /// How to open and watch a node connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct Settings {
     pub(super) username: Option<String>,
     pub(super) password: Option<String>,
     pub(super) connect_timeout: Duration,
     pub(super) ping_interval: Duration,
+    /// TLS to the node (`rediss://` seeds).
+    pub(super) tls: Tls,
 }
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// The TLS connector of `rediss://` seeds, `None` for plain TCP.
+#[cfg(feature = "tls")]
+pub(super) type Tls = Option<tokio_rustls::TlsConnector>;
+/// No TLS without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+pub(super) type Tls = Option<NoTls>;
+
+/// What stands for a TLS connector without the `tls` feature: nothing.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+pub(super) enum NoTls {}
 
 /// Where a partition's messages go (the broker unframes, filters and delivers them).
 pub(super) type Deliver = Arc<dyn Fn(Bytes) + Send + Sync>;
@@ -117,7 +144,16 @@ struct Task {
     shutdown: CancellationToken,
 }
 
-type Connection = Framed<TcpStream, Resp>;
+/// A node connection: plain, or TLS. The code that runs it is generic over the stream, so that a
+/// plain connection pays nothing for TLS.
+type Connection<S = TcpStream> = Framed<S, Resp>;
+
+/// An opened (and authenticated) connection.
+enum Connected {
+    Plain(Connection),
+    #[cfg(feature = "tls")]
+    Tls(Box<Connection<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
 
 /// Reports the connection lost when its task ends any other way than by a clean stop (a panic in
 /// a handler of a frame included), so that the supervisor never counts on a dead connection.
@@ -157,15 +193,17 @@ impl Task {
             () = self.shutdown.cancelled() => return,
             connected = tokio::time::timeout(self.settings.connect_timeout, self.connect()) => connected,
         };
-        let connection = match connected {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(reason)) => return self.lost(reason),
+        let pumped = match connected {
+            Ok(Ok(Connected::Plain(connection))) => self.pump(connection, &mut commands).await,
+            #[cfg(feature = "tls")]
+            Ok(Ok(Connected::Tls(connection))) => self.pump(*connection, &mut commands).await,
+            Ok(Err(reason)) => Err(reason),
             Err(_) => {
                 let timeout = self.settings.connect_timeout;
-                return self.lost(format!("no connection within {timeout:?}"));
+                Err(format!("no connection within {timeout:?}"))
             }
         };
-        if let Err(reason) = self.pump(connection, &mut commands).await {
+        if let Err(reason) = pumped {
             self.lost(reason);
         }
     }
@@ -178,12 +216,35 @@ impl Task {
         });
     }
 
-    async fn connect(&self) -> Result<Connection, String> {
+    async fn connect(&self) -> Result<Connected, String> {
         let stream = TcpStream::connect(socket_address(&self.addr))
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let mut connection = Framed::new(stream, Resp);
+        match &self.settings.tls {
+            None => Ok(Connected::Plain(
+                self.authenticate(Framed::new(stream, Resp)).await?,
+            )),
+            #[cfg(feature = "tls")]
+            Some(connector) => {
+                let host = self.addr.rsplit_once(':').map_or(&*self.addr, |(h, _)| h);
+                let name = super::super::tls::server_name(host)?;
+                let stream = connector.connect(name, stream).await.map_err(|e| {
+                    super::super::tls::explain(&format!("TLS handshake with {}: {e}", self.addr))
+                })?;
+                let connection = self.authenticate(Framed::new(stream, Resp)).await?;
+                Ok(Connected::Tls(Box::new(connection)))
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match *never {},
+        }
+    }
+
+    /// Sends `AUTH` when the seeds carry a password.
+    async fn authenticate<S>(&self, mut connection: Connection<S>) -> Result<Connection<S>, String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         if let Some(password) = &self.settings.password {
             let mut auth = vec![Bytes::from_static(b"AUTH")];
             if let Some(user) = &self.settings.username {
@@ -207,11 +268,14 @@ impl Task {
 
     /// Runs the connection until it is lost (`Err`), the supervisor drops it or the application
     /// stops (`Ok`).
-    async fn pump(
+    async fn pump<S>(
         &self,
-        mut connection: Connection,
+        mut connection: Connection<S>,
         commands: &mut mpsc::UnboundedReceiver<Command>,
-    ) -> Result<(), String> {
+    ) -> Result<(), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let interval = self.settings.ping_interval;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -342,11 +406,14 @@ fn take(pending: &mut VecDeque<Pending>, answers: impl Fn(&Pending) -> bool) -> 
 }
 
 /// Writes a command, within `limit`: a node that stops reading is a lost connection.
-async fn send(
-    connection: &mut Connection,
+async fn send<S>(
+    connection: &mut Connection<S>,
     command: Vec<Bytes>,
     limit: Duration,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match tokio::time::timeout(limit, connection.send(command)).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("not written within {limit:?}")),

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::node::{Command, Deliver, Event, Node, Settings};
+use super::node::{Command, Deliver, Event, Node, Settings, Tls};
 use super::topology::{self, SlotMap};
 use super::RedisClusterBroker;
 use crate::broker::Inbox;
@@ -36,6 +36,8 @@ struct Place {
 
 pub(super) struct Supervisor {
     pub(super) broker: RedisClusterBroker,
+    /// The subscriber connections' TLS connector (`rediss://` seeds).
+    pub(super) tls: Tls,
     /// The partitions this worker needs.
     pub(super) wanted: Vec<usize>,
     pub(super) deliver: Deliver,
@@ -115,6 +117,7 @@ impl Supervisor {
             password: info.password().map(str::to_owned),
             connect_timeout: self.broker.connect_timeout,
             ping_interval: self.broker.ping_interval,
+            tls: self.tls.clone(),
         }
     }
 
@@ -315,6 +318,9 @@ impl Supervisor {
 
     /// Records a failure and schedules the next refresh with backoff.
     fn failed(&self, state: &mut State, reason: String) {
+        // A certificate the worker does not trust: say how to trust it.
+        #[cfg(feature = "tls")]
+        let reason = super::super::tls::explain(&reason);
         state.failures = state.failures.saturating_add(1);
         // The first failure of a series, then one in ten, so an outage does not flood the log.
         if state.failures == 1 || state.failures % 10 == 0 {

@@ -76,7 +76,7 @@ pub(super) async fn read(nodes: &[ConnectionInfo], timeout: Duration) -> Result<
     let mut errors = Vec::new();
     for info in nodes {
         let host = match info.addr() {
-            ConnectionAddr::Tcp(host, _) => host.clone(),
+            ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
             other => {
                 errors.push(format!("{other}: not a TCP address"));
                 continue;

@@ -1,0 +1,358 @@
+//! `rediss://` against real TLS-only `redis-server` processes (`--port 0 --tls-port P`) whose
+//! certificate a private CA made at test time signed: one Redis (`RedisBroker`) and a Redis
+//! Cluster of three primaries (`RedisClusterBroker`, `--tls-cluster yes`). Workers trust the CA
+//! with `tls_root_certificates`; a worker that trusts another CA fails with an error that says
+//! why.
+//!
+//! Where `redis-server` is missing the tests say SKIPPED, unless `SWITCHBOARD_REQUIRE_CLUSTER=1`
+//! (CI), where that is a failure.
+#![cfg(feature = "tls")]
+
+#[path = "support/redis_tls.rs"]
+mod redis_tls;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use redis_tls::{unrelated_ca_pem, TlsCluster, TlsRedis};
+use serde_json::{json, Value};
+use switchboard::broker::{RedisBroker, RedisClusterBroker, Retention};
+use switchboard::prelude::*;
+use switchboard::{Broker, BrokerError, Builder, Error, Running};
+use tokio::sync::mpsc;
+
+/// Longest wait for something that should happen.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn app(broker: impl Broker) -> Builder {
+    Switchboard::builder()
+        .without_linked_handlers()
+        .framework_channels(false)
+        .broker(broker)
+}
+
+async fn start(builder: Builder) -> Running {
+    builder
+        .build()
+        .expect("valid handlers")
+        .start()
+        .await
+        .expect("subscribed over TLS")
+}
+
+/// A worker that sends what its handler sees on `channels` (channel, message).
+fn recording(
+    builder: Builder,
+    channels: Vec<String>,
+    tx: &mpsc::UnboundedSender<(String, Value)>,
+) -> Builder {
+    let tx = tx.clone();
+    builder.subscriber(Subscriber::channels(channels).name("record").handle(
+        move |channel: Channel, Message(message): Message| {
+            let _ = tx.send((channel.to_string(), message));
+        },
+    ))
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<(String, Value)>, what: &str) -> (String, Value) {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .expect("the handler is alive")
+}
+
+fn single(redis: &TlsRedis, namespace: &str) -> RedisBroker {
+    RedisBroker::from_url(&redis.url())
+        .unwrap()
+        .tls_root_certificates(&redis.certificates.ca_pem)
+        .expect("the CA's PEM")
+        .namespace(namespace)
+        .publish_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+}
+
+fn on_cluster(cluster: &TlsCluster, namespace: &str) -> RedisClusterBroker {
+    RedisClusterBroker::from_urls(cluster.urls())
+        .unwrap()
+        .tls_root_certificates(cluster.certificates.ca_pem.as_bytes())
+        .expect("the CA's PEM")
+        .namespace(namespace)
+        .partitions(16)
+        .publish_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(3))
+}
+
+/// What a TLS error must say: that it is about the certificate, and what to do.
+fn assert_explains_the_certificate(error: &str) {
+    eprintln!("the error: {error}");
+    assert!(
+        error.contains("certificate") && error.contains("tls_root_certificates"),
+        "the error says the certificate is not trusted and how to trust it: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_over_tls_with_a_private_ca_delivers_and_keeps_durable_messages() {
+    init_tracing();
+    let Some(redis) = TlsRedis::start().await else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = start(recording(
+        app(single(&redis, "tls1")).durable("ledger", Retention::default()),
+        vec!["orders".into(), "ledger".into()],
+        &tx,
+    ))
+    .await;
+    let sender = start(app(single(&redis, "tls1")).durable("ledger", Retention::default())).await;
+    let publisher = sender.publisher();
+
+    publisher
+        .publish("orders", &json!({ "n": 1 }))
+        .await
+        .expect("a publish over TLS");
+    let (channel, message) = recv(&mut rx, "the plain message").await;
+    assert_eq!(
+        (channel.as_str(), message["n"].as_u64()),
+        ("orders", Some(1))
+    );
+
+    let position = publisher
+        .publish_durable("ledger", &json!({ "n": 2 }))
+        .await
+        .expect("a durable publish over TLS")
+        .expect("a durable channel has a position");
+    let (channel, message) = recv(&mut rx, "the durable message").await;
+    assert_eq!(
+        (channel.as_str(), message["n"].as_u64()),
+        ("ledger", Some(2))
+    );
+    // The stream kept it: read back over TLS.
+    let read = publisher
+        .read_stream("ledger", 0, 10)
+        .await
+        .expect("a stream read over TLS");
+    assert!(
+        read.entries
+            .iter()
+            .any(|(offset, _)| *offset == position.offset),
+        "the stream holds offset {}: {read:?}",
+        position.offset
+    );
+
+    worker.shutdown().await;
+    sender.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_refuses_a_worker_that_trusts_another_ca_and_says_why() {
+    init_tracing();
+    let Some(redis) = TlsRedis::start().await else {
+        return;
+    };
+    let broker = || {
+        RedisBroker::from_url(&redis.url())
+            .unwrap()
+            .tls_root_certificates(unrelated_ca_pem())
+            .unwrap()
+            .publish_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2))
+    };
+    let error = broker()
+        .publish("orders", "{}".into())
+        .await
+        .expect_err("the server's certificate is not trusted");
+    assert!(matches!(error, BrokerError::Unreachable(_)), "{error}");
+    assert_explains_the_certificate(&error.to_string());
+
+    let started = app(broker())
+        .subscriber(
+            Subscriber::channels(["orders"])
+                .name("a")
+                .handle(|| async {}),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await;
+    match started {
+        Err(Error::Broker(error)) => assert_explains_the_certificate(&error.to_string()),
+        Err(other) => panic!("expected a broker error, got {other}"),
+        Ok(_) => panic!("a worker that does not trust the server's certificate started"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_delivers_every_partition_across_workers_and_keeps_durable_messages() {
+    init_tracing();
+    let Some(cluster) = TlsCluster::start(3).await else {
+        return;
+    };
+    let broker = on_cluster(&cluster, "tlsc");
+    // Channels on every one of the 16 partitions, so on every primary.
+    let channels: Vec<String> = (0..64).map(|i| format!("orders:{i}")).collect();
+    let partitions: BTreeSet<&str> = channels
+        .iter()
+        .map(|c| broker.partition_channel(c))
+        .collect();
+    assert_eq!(partitions.len(), 16, "the channels cover every partition");
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut subscribed = channels.clone();
+    subscribed.push("ledger".into());
+    let worker = start(recording(
+        app(broker).durable("ledger", Retention::default()),
+        subscribed,
+        &tx,
+    ))
+    .await;
+    let sender =
+        start(app(on_cluster(&cluster, "tlsc")).durable("ledger", Retention::default())).await;
+    let publisher = sender.publisher();
+
+    for (i, channel) in channels.iter().enumerate() {
+        publisher
+            .publish(channel, &json!({ "n": i }))
+            .await
+            .expect("a publish on the TLS cluster");
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < channels.len() {
+        let (channel, message) = recv(&mut rx, "a message of every channel").await;
+        assert_eq!(
+            channel,
+            format!("orders:{}", message["n"]),
+            "the message of its channel"
+        );
+        seen.insert(channel);
+    }
+
+    let position = publisher
+        .publish_durable("ledger", &json!({ "n": "durable" }))
+        .await
+        .expect("a durable publish on the TLS cluster")
+        .expect("a durable channel has a position");
+    let (channel, message) = recv(&mut rx, "the durable message").await;
+    assert_eq!(
+        (channel.as_str(), &message["n"]),
+        ("ledger", &json!("durable"))
+    );
+    let read = publisher
+        .read_stream("ledger", 0, 10)
+        .await
+        .expect("a stream read on the TLS cluster");
+    assert!(
+        read.entries
+            .iter()
+            .any(|(offset, _)| *offset == position.offset),
+        "the stream holds offset {}: {read:?}",
+        position.offset
+    );
+
+    worker.shutdown().await;
+    sender.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_refuses_a_worker_that_trusts_another_ca_and_says_why() {
+    init_tracing();
+    let Some(cluster) = TlsCluster::start(3).await else {
+        return;
+    };
+    let broker = || {
+        RedisClusterBroker::from_urls(cluster.urls())
+            .unwrap()
+            .tls_root_certificates(unrelated_ca_pem())
+            .unwrap()
+            .publish_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2))
+    };
+    let started = app(broker())
+        .subscriber(
+            Subscriber::channels(["orders"])
+                .name("a")
+                .handle(|| async {}),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await;
+    match started {
+        Err(Error::Broker(error)) => assert_explains_the_certificate(&error.to_string()),
+        Err(other) => panic!("expected a broker error, got {other}"),
+        Ok(_) => panic!("a worker that does not trust the nodes' certificates started"),
+    }
+    let error = broker()
+        .publish("orders", "{}".into())
+        .await
+        .expect_err("the nodes' certificates are not trusted");
+    assert_explains_the_certificate(&error.to_string());
+}
+
+#[test]
+fn tls_configuration_errors_are_clear() {
+    // No certificate in the PEM.
+    for pem in ["", "not a certificate"] {
+        let single = RedisBroker::from_url("rediss://127.0.0.1:6380")
+            .unwrap()
+            .tls_root_certificates(pem)
+            .unwrap_err();
+        assert!(
+            matches!(&single, BrokerError::Config(m) if m.contains("no certificate")),
+            "{single}"
+        );
+        let cluster = RedisClusterBroker::from_urls(["rediss://127.0.0.1:7000"])
+            .unwrap()
+            .tls_root_certificates(pem)
+            .unwrap_err();
+        assert!(
+            matches!(&cluster, BrokerError::Config(m) if m.contains("no certificate")),
+            "{cluster}"
+        );
+    }
+    // Roots for a URL without TLS.
+    let ca = unrelated_ca_pem();
+    let plain = RedisBroker::from_url("redis://127.0.0.1:6379")
+        .unwrap()
+        .tls_root_certificates(&ca)
+        .unwrap_err();
+    assert!(
+        matches!(&plain, BrokerError::Config(m) if m.contains("rediss://")),
+        "{plain}"
+    );
+    let plain = RedisClusterBroker::from_urls(["redis://127.0.0.1:7000"])
+        .unwrap()
+        .tls_root_certificates(&ca)
+        .unwrap_err();
+    assert!(
+        matches!(&plain, BrokerError::Config(m) if m.contains("rediss://")),
+        "{plain}"
+    );
+    // Seeds that mix TLS and plain TCP.
+    let mixed =
+        RedisClusterBroker::from_urls(["rediss://127.0.0.1:7000", "redis://127.0.0.1:7001"])
+            .unwrap_err();
+    assert!(
+        matches!(&mixed, BrokerError::Config(m) if m.contains("mix")),
+        "{mixed}"
+    );
+    // No verification is not offered.
+    let insecure = RedisBroker::from_url("rediss://127.0.0.1:6380/#insecure").unwrap_err();
+    assert!(
+        matches!(&insecure, BrokerError::Config(m) if m.contains("#insecure")),
+        "{insecure}"
+    );
+    let insecure =
+        RedisClusterBroker::from_urls(["rediss://127.0.0.1:7000/#insecure"]).unwrap_err();
+    assert!(
+        matches!(&insecure, BrokerError::Config(m) if m.contains("#insecure")),
+        "{insecure}"
+    );
+}

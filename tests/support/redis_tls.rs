@@ -1,0 +1,365 @@
+//! Real `redis-server` processes that speak only TLS (`--port 0 --tls-port P`), with a private CA
+//! made at test time: one server, or a Redis Cluster of primaries (`--tls-cluster yes`) formed
+//! with `redis-cli --tls --cluster create`.
+//!
+//! `None` where `redis-server` or `redis-cli` is not on `PATH`, unless
+//! `SWITCHBOARD_REQUIRE_CLUSTER` is set (CI): then the start panics. Dropping a server or a
+//! cluster kills its processes and removes its temporary directory.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+/// How long a server may take to answer, and a cluster to settle.
+const WAIT: Duration = Duration::from_secs(20);
+/// The cluster bus of a node listens on its port + 10000.
+const BUS_OFFSET: u16 = 10000;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// An executable on `PATH`.
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Whether `SWITCHBOARD_REQUIRE_CLUSTER` asks for a failure instead of a skip when Redis is missing.
+fn required() -> bool {
+    std::env::var_os("SWITCHBOARD_REQUIRE_CLUSTER").is_some_and(|v| v != "0")
+}
+
+/// `redis-server` and `redis-cli`, or `None` (a skip) unless they are required.
+fn binaries() -> Option<(PathBuf, PathBuf)> {
+    match (find_binary("redis-server"), find_binary("redis-cli")) {
+        (Some(server), Some(cli)) => Some((server, cli)),
+        _ => {
+            assert!(
+                !required(),
+                "SWITCHBOARD_REQUIRE_CLUSTER is set but redis-server or redis-cli is not on PATH \
+                 (apt-get install redis-server)"
+            );
+            eprintln!("SKIPPED: redis-server or redis-cli not found (set SWITCHBOARD_REQUIRE_CLUSTER=1 to fail instead)");
+            None
+        }
+    }
+}
+
+/// A free loopback port whose cluster bus port (port + 10000) is free too.
+fn free_port() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port > u16::MAX - BUS_OFFSET {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port + BUS_OFFSET)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A fresh temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-tls-{what}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A private CA and a server certificate it signed, for `127.0.0.1` and `localhost`, as PEM
+/// files in a temporary directory.
+#[derive(Debug)]
+pub struct Certificates {
+    pub dir: TempDir,
+    /// The CA's certificate (PEM): what a client must trust.
+    pub ca_pem: String,
+}
+
+impl Certificates {
+    pub fn new() -> Self {
+        let dir = TempDir::new("certs");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchboard test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let mut server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        server_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "redis test server");
+        let server_key = KeyPair::generate().unwrap();
+        let server = server_params.signed_by(&server_key, &ca).unwrap();
+        let ca_pem = ca.pem();
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+        std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+        Self { dir, ca_pem }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        let file = |name: &str| self.dir.path().join(name).display().to_string();
+        vec![
+            "--tls-cert-file".into(),
+            file("server.pem"),
+            "--tls-key-file".into(),
+            file("server.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
+    }
+}
+
+/// The PEM of a CA certificate that signed nothing the servers use.
+pub fn unrelated_ca_pem() -> String {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "some other CA");
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+}
+
+/// One `redis-server` child, killed on drop.
+#[derive(Debug)]
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns a TLS-only `redis-server` on a free port in `dir` and waits until it answers a TLS
+/// `PING`; retries on another port if it could not bind.
+async fn spawn_server(
+    binary: &Path,
+    certificates: &Certificates,
+    dir: &Path,
+    cluster: bool,
+) -> (u16, Process) {
+    for attempt in 1..=5 {
+        let port = free_port();
+        let mut command = Command::new(binary);
+        command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(certificates.tls_args())
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"));
+        if cluster {
+            command
+                .args(["--cluster-enabled", "yes"])
+                .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                .args(["--cluster-node-timeout", "2000"]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let mut process = Process(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = process.0.try_wait() {
+                break;
+            }
+            if query::<String>(port, &certificates.ca_pem, &mut redis::cmd("PING"))
+                .await
+                .is_ok()
+            {
+                return (port, process);
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+        eprintln!("TLS redis-server on port {port} did not start (attempt {attempt}):\n{log}");
+    }
+    panic!("TLS redis-server did not start");
+}
+
+/// One command on the TLS node at `port`, trusting `ca_pem`.
+pub async fn query<T: redis::FromRedisValue>(
+    port: u16,
+    ca_pem: &str,
+    command: &mut redis::Cmd,
+) -> redis::RedisResult<T> {
+    let client = redis::Client::build_with_tls(
+        format!("rediss://127.0.0.1:{port}/"),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca_pem.as_bytes().to_vec()),
+        },
+    )?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    command.query_async(&mut connection).await
+}
+
+/// A TLS-only `redis-server`.
+#[derive(Debug)]
+pub struct TlsRedis {
+    // Dropped in this order: the process, then its files.
+    process: Process,
+    pub port: u16,
+    dir: TempDir,
+    pub certificates: Certificates,
+}
+
+impl TlsRedis {
+    pub async fn start() -> Option<Self> {
+        let (server, _) = binaries()?;
+        let certificates = Certificates::new();
+        let dir = TempDir::new("server");
+        let (port, process) = spawn_server(&server, &certificates, dir.path(), false).await;
+        Some(Self {
+            certificates,
+            port,
+            process,
+            dir,
+        })
+    }
+
+    /// `rediss://127.0.0.1:P/`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// A Redis Cluster of TLS-only primaries (no replicas).
+#[derive(Debug)]
+pub struct TlsCluster {
+    // Dropped in this order: the processes, then their files.
+    processes: Vec<Process>,
+    pub ports: Vec<u16>,
+    dirs: Vec<TempDir>,
+    pub certificates: Certificates,
+}
+
+impl TlsCluster {
+    pub async fn start(primaries: usize) -> Option<Self> {
+        let (server, cli) = binaries()?;
+        let certificates = Certificates::new();
+        let mut cluster = Self {
+            certificates,
+            ports: Vec::new(),
+            processes: Vec::new(),
+            dirs: Vec::new(),
+        };
+        for _ in 0..primaries {
+            let dir = TempDir::new("node");
+            let (port, process) =
+                spawn_server(&server, &cluster.certificates, dir.path(), true).await;
+            cluster.ports.push(port);
+            cluster.processes.push(process);
+            cluster.dirs.push(dir);
+        }
+        let mut create = Command::new(&cli);
+        create
+            .arg("--tls")
+            .arg("--cacert")
+            .arg(cluster.certificates.ca_file())
+            .args(["--cluster", "create"]);
+        for port in &cluster.ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null());
+        let output = tokio::task::spawn_blocking(move || create.output())
+            .await
+            .unwrap()
+            .expect("redis-cli runs");
+        assert!(
+            output.status.success(),
+            "redis-cli --tls --cluster create failed ({}):\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster.wait_until_ok().await;
+        Some(cluster)
+    }
+
+    /// `rediss://127.0.0.1:P/` for every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|port| format!("rediss://127.0.0.1:{port}/"))
+            .collect()
+    }
+
+    /// Until every node says `cluster_state:ok` and knows every other node.
+    async fn wait_until_ok(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut ok = true;
+            for &port in &self.ports {
+                let info: String = query(
+                    port,
+                    &self.certificates.ca_pem,
+                    redis::cmd("CLUSTER").arg("INFO"),
+                )
+                .await
+                .unwrap_or_default();
+                let known = format!("cluster_known_nodes:{}", self.ports.len());
+                ok &= info.contains("cluster_state:ok") && info.contains(&known);
+            }
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the TLS cluster on ports {:?} did not settle",
+                self.ports
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

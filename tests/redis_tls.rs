@@ -61,6 +61,36 @@ fn recording(
     ))
 }
 
+/// A run-once handler on `jobs` (a consumer group on the channel's stream, on a connection of
+/// its own) that sends what it handles.
+fn run_once(builder: Builder, tx: &mpsc::UnboundedSender<(String, Value)>) -> Builder {
+    let tx = tx.clone();
+    builder.subscriber(Subscriber::channels(["jobs"]).name("charge").once().handle(
+        move |channel: Channel, Message(message): Message| {
+            let _ = tx.send((channel.to_string(), message));
+        },
+    ))
+}
+
+/// Publishes 20 jobs and waits until the run-once handler has handled each of them.
+async fn jobs_are_handled(
+    publisher: &switchboard::Publisher,
+    rx: &mut mpsc::UnboundedReceiver<(String, Value)>,
+) {
+    for n in 0..20 {
+        publisher
+            .publish("jobs", &json!({ "n": n }))
+            .await
+            .expect("a job published over TLS");
+    }
+    let mut handled = BTreeSet::new();
+    while handled.len() < 20 {
+        let (channel, message) = recv(rx, "every job").await;
+        assert_eq!(channel, "jobs");
+        handled.insert(message["n"].as_u64().unwrap());
+    }
+}
+
 async fn recv(rx: &mut mpsc::UnboundedReceiver<(String, Value)>, what: &str) -> (String, Value) {
     tokio::time::timeout(WAIT, rx.recv())
         .await
@@ -99,7 +129,7 @@ fn assert_explains_the_certificate(error: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_redis_over_tls_with_a_private_ca_delivers_and_keeps_durable_messages() {
+async fn one_redis_over_tls_with_a_private_ca_delivers_keeps_durable_messages_and_runs_jobs_once() {
     init_tracing();
     let Some(redis) = TlsRedis::start().await else {
         return;
@@ -111,7 +141,14 @@ async fn one_redis_over_tls_with_a_private_ca_delivers_and_keeps_durable_message
         &tx,
     ))
     .await;
-    let sender = start(app(single(&redis, "tls1")).durable("ledger", Retention::default())).await;
+    let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
+    let consumer = start(run_once(app(single(&redis, "tls1")), &jobs_tx)).await;
+    let sender = start(
+        app(single(&redis, "tls1"))
+            .durable("ledger", Retention::default())
+            .durable("jobs", Retention::default()),
+    )
+    .await;
     let publisher = sender.publisher();
 
     publisher
@@ -146,8 +183,10 @@ async fn one_redis_over_tls_with_a_private_ca_delivers_and_keeps_durable_message
         "the stream holds offset {}: {read:?}",
         position.offset
     );
+    jobs_are_handled(&publisher, &mut jobs).await;
 
     worker.shutdown().await;
+    consumer.shutdown().await;
     sender.shutdown().await;
 }
 
@@ -190,7 +229,7 @@ async fn one_redis_refuses_a_worker_that_trusts_another_ca_and_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_cluster_delivers_every_partition_across_workers_and_keeps_durable_messages() {
+async fn a_tls_cluster_delivers_every_partition_keeps_durable_messages_and_runs_jobs_once() {
     init_tracing();
     let Some(cluster) = TlsCluster::start(3).await else {
         return;
@@ -213,8 +252,14 @@ async fn a_tls_cluster_delivers_every_partition_across_workers_and_keeps_durable
         &tx,
     ))
     .await;
-    let sender =
-        start(app(on_cluster(&cluster, "tlsc")).durable("ledger", Retention::default())).await;
+    let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
+    let consumer = start(run_once(app(on_cluster(&cluster, "tlsc")), &jobs_tx)).await;
+    let sender = start(
+        app(on_cluster(&cluster, "tlsc"))
+            .durable("ledger", Retention::default())
+            .durable("jobs", Retention::default()),
+    )
+    .await;
     let publisher = sender.publisher();
 
     for (i, channel) in channels.iter().enumerate() {
@@ -255,8 +300,10 @@ async fn a_tls_cluster_delivers_every_partition_across_workers_and_keeps_durable
         "the stream holds offset {}: {read:?}",
         position.offset
     );
+    jobs_are_handled(&publisher, &mut jobs).await;
 
     worker.shutdown().await;
+    consumer.shutdown().await;
     sender.shutdown().await;
 }
 

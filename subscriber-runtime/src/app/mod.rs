@@ -142,7 +142,7 @@ impl Builder {
     /// Either Redis broker is namespaced with `REDIS_NAMESPACE` when that is set and not empty.
     /// With `rediss://` URLs (the `tls` feature), `REDIS_TLS_CA_FILE` is the path of a PEM file of
     /// the CA certificates to trust instead of the platform's (see
-    /// [`RedisBroker::tls_root_certificates`](crate::broker::RedisBroker::tls_root_certificates)).
+    /// `RedisBroker::tls_root_certificates`, feature `tls`).
     ///
     /// # Errors
     /// [`Error::Broker`] with [`BrokerError::Config`](crate::BrokerError::Config) when

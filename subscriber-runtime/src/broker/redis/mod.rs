@@ -6,7 +6,8 @@
 //!   options (namespace, timeouts, reconnect backoff);
 //! - `publisher`: the shared, lazily opened and watched publishing connection;
 //! - `subscriber`: the subscriber connection, its reader task, `PING` keep-alive and reconnects;
-//! - `backoff`: the capped, jittered exponential reconnect delays.
+//! - `backoff`: the capped, jittered exponential reconnect delays;
+//! - `tls` (feature `tls`): a private CA's roots, and the cluster's TLS connector.
 
 use std::fmt;
 use std::sync::Arc;
@@ -98,9 +99,14 @@ use self::subscriber::{Plan, Reader};
 /// # URLs
 ///
 /// `redis://[user][:password@]host[:port][/db]`, `redis+unix:///path/to/socket`, and
-/// `rediss://...` for TLS. TLS needs the `tls` feature of `subscriber-runtime` (rustls, with the
-/// platform's root certificates); without it a `rediss://` URL is refused by
-/// [`from_url`](Self::from_url) with a [`BrokerError::Config`] saying so.
+/// `rediss://...` for TLS. TLS needs the `tls` feature (rustls with the `ring` provider); without
+/// it a `rediss://` URL is refused by [`from_url`](Self::from_url) with a [`BrokerError::Config`]
+/// saying so. The server's certificate is verified against the platform's root certificates, or
+/// against a private CA given with `tls_root_certificates` (or `REDIS_TLS_CA_FILE` for
+/// [`Builder::broker_from_env`](crate::Builder::broker_from_env)); it must name the URL's host. A
+/// certificate that is not trusted fails the start and every publish with
+/// [`BrokerError::Unreachable`], whose text says so. `rediss://...#insecure` (no verification) is
+/// refused.
 #[derive(Clone)]
 pub struct RedisBroker {
     client: redis::Client,

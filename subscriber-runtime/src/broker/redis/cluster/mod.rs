@@ -5,6 +5,10 @@
 //! - `node`: one subscriber connection per primary;
 //! - `supervisor`: keeps every partition subscribed on its owner;
 //! - `resp`: the frames those connections read.
+//!
+//! With `rediss://` seeds (feature `tls`), the node connections speak TLS (`tokio-rustls`), and the
+//! `redis` crate's clients (slot map, publishing, durable channels, consumer groups) get the same
+//! roots.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -85,6 +89,11 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 ///   500 ms by default). Each recovery counts one [`Stats::reconnects`](crate::Stats::reconnects).
 /// - **Publishing**: the `redis` crate's cluster client (`MOVED`/`ASK` redirections, reconnects
 ///   and slot map refreshes are its own), within [`publish_timeout`](Self::publish_timeout).
+/// - **TLS**: with `rediss://` seeds (feature `tls`), every connection above is a TLS one, each
+///   node's certificate checked against the host the cluster announces for it (`CLUSTER SLOTS`:
+///   an IP address unless the nodes announce host names), with the platform's root certificates
+///   or a private CA's (`tls_root_certificates`). The nodes must serve clients on their TLS port
+///   (`tls-cluster yes` makes them announce it).
 /// - **Delivery** is at-most-once, as on one Redis: a message published on a partition while it
 ///   moves (between Redis's `sunsubscribe` and the subscription on the new owner, usually a few
 ///   milliseconds; a failover's election, usually one to two seconds) is lost to the workers
@@ -108,7 +117,7 @@ pub struct RedisClusterBroker {
     seeds: Arc<[ConnectionInfo]>,
     /// The seeds are `rediss://` ones: every connection speaks TLS.
     tls: bool,
-    /// The CA certificates (PEM) that [`tls_root_certificates`](Self::tls_root_certificates)
+    /// The CA certificates (PEM) that `tls_root_certificates`
     /// gave, trusted instead of the platform's.
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls_roots: Option<Arc<[u8]>>,
@@ -158,7 +167,7 @@ impl RedisClusterBroker {
     /// one; the seeds must then all be `rediss://` ones. Each node's certificate is checked
     /// against the host the cluster announces for it (an IP address unless the nodes announce
     /// host names), with the platform's root certificates, or those given to
-    /// [`tls_root_certificates`](Self::tls_root_certificates).
+    /// `tls_root_certificates`.
     ///
     /// # Errors
     /// [`BrokerError::Config`] for no URL, an invalid one, a Unix socket URL, a `rediss://` URL

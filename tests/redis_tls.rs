@@ -190,6 +190,61 @@ async fn one_redis_over_tls_with_a_private_ca_delivers_keeps_durable_messages_an
     sender.shutdown().await;
 }
 
+/// A restart of the TLS server: the subscriber reconnects over TLS, and the publishing connection
+/// the server closed is noticed and replaced before the next publish (which then succeeds at
+/// once, instead of failing on the dead connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_over_tls_survives_a_restart_and_the_next_publish_succeeds() {
+    init_tracing();
+    let Some(mut redis) = TlsRedis::start().await else {
+        return;
+    };
+    let broker = || {
+        single(&redis, "tls-restart")
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+            .ping_interval(Duration::from_millis(500))
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = start(recording(app(broker()), vec!["status".into()], &tx)).await;
+    let sender = start(app(broker())).await;
+    let publisher = sender.publisher();
+    publisher
+        .publish("status", &json!({ "n": 0 }))
+        .await
+        .unwrap();
+    recv(&mut rx, "the message before the restart").await;
+
+    redis.stop();
+    // The connections' ends are seen (the process is gone), then the server comes back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.restart().await;
+    publisher
+        .publish("status", &json!({ "n": "first" }))
+        .await
+        .expect("the first publish after the restart succeeds: the closed connection was replaced");
+
+    // The worker subscribes again; publish until a message arrives (at-most-once meanwhile).
+    let restarted = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        assert!(
+            restarted.elapsed() < WAIT,
+            "delivery did not resume after the restart"
+        );
+        n += 1;
+        publisher
+            .publish("status", &json!({ "n": n }))
+            .await
+            .unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+            break;
+        }
+    }
+    assert_eq!(worker.stats().reconnects, 1);
+    worker.shutdown().await;
+    sender.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_redis_refuses_a_worker_that_trusts_another_ca_and_says_why() {
     init_tracing();

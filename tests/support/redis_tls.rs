@@ -175,49 +175,65 @@ async fn spawn_server(
 ) -> (u16, Process) {
     for attempt in 1..=5 {
         let port = free_port();
-        let mut command = Command::new(binary);
-        command
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(certificates.tls_args())
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log"));
-        if cluster {
-            command
-                .args(["--cluster-enabled", "yes"])
-                .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
-                .args(["--cluster-node-timeout", "2000"]);
+        match spawn_on(binary, certificates, dir, cluster, port).await {
+            Ok(process) => return (port, process),
+            Err(log) => eprintln!(
+                "TLS redis-server on port {port} did not start (attempt {attempt}):\n{log}"
+            ),
         }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let mut process = Process(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(_)) = process.0.try_wait() {
-                break;
-            }
-            if query::<String>(port, &certificates.ca_pem, &mut redis::cmd("PING"))
-                .await
-                .is_ok()
-            {
-                return (port, process);
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-        eprintln!("TLS redis-server on port {port} did not start (attempt {attempt}):\n{log}");
     }
     panic!("TLS redis-server did not start");
+}
+
+/// Spawns a TLS-only `redis-server` on `port` in `dir` and waits until it answers a TLS `PING`;
+/// its log when it does not.
+async fn spawn_on(
+    binary: &Path,
+    certificates: &Certificates,
+    dir: &Path,
+    cluster: bool,
+    port: u16,
+) -> Result<Process, String> {
+    let mut command = Command::new(binary);
+    command
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(certificates.tls_args())
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"));
+    if cluster {
+        command
+            .args(["--cluster-enabled", "yes"])
+            .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+            .args(["--cluster-node-timeout", "2000"]);
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let mut process = Process(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(_)) = process.0.try_wait() {
+            break;
+        }
+        if query::<String>(port, &certificates.ca_pem, &mut redis::cmd("PING"))
+            .await
+            .is_ok()
+        {
+            return Ok(process);
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    Err(std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default())
 }
 
 /// One command on the TLS node at `port`, trusting `ca_pem`.
@@ -246,8 +262,9 @@ pub async fn query<T: redis::FromRedisValue>(
 #[derive(Debug)]
 pub struct TlsRedis {
     // Dropped in this order: the process, then its files.
-    process: Process,
+    process: Option<Process>,
     pub port: u16,
+    binary: PathBuf,
     dir: TempDir,
     pub certificates: Certificates,
 }
@@ -259,11 +276,32 @@ impl TlsRedis {
         let dir = TempDir::new("server");
         let (port, process) = spawn_server(&server, &certificates, dir.path(), false).await;
         Some(Self {
-            certificates,
+            process: Some(process),
             port,
-            process,
+            binary: server,
             dir,
+            certificates,
         })
+    }
+
+    /// Kills the server (its clients' connections are closed).
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    /// Starts it again on the same port (empty: nothing is saved).
+    pub async fn restart(&mut self) {
+        self.stop();
+        let process = spawn_on(
+            &self.binary,
+            &self.certificates,
+            self.dir.path(),
+            false,
+            self.port,
+        )
+        .await
+        .unwrap_or_else(|log| panic!("TLS redis-server did not restart:\n{log}"));
+        self.process = Some(process);
     }
 
     /// `rediss://127.0.0.1:P/`.

@@ -50,6 +50,7 @@ impl RedisBroker {
         }
         Ok(Self {
             client,
+            tls_roots: None,
             url: redacted.into(),
             prefix: "".into(),
             invalid_namespace: None,
@@ -105,6 +106,7 @@ impl RedisBroker {
         self.client = redis::Client::build_with_tls(info, certificates).map_err(|e| {
             BrokerError::Config(format!("the TLS root certificates for {}: {e}", self.url))
         })?;
+        self.tls_roots = Some(pem.into());
         Ok(self)
     }
 

@@ -188,7 +188,7 @@ impl RedisBroker {
     ) -> Result<(String, u64), BrokerError> {
         let (generation, mut conn) = self
             .publisher
-            .get(&self.client, self.publish_timeout)
+            .get(self, self.publish_timeout)
             .await
             .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
         let mut invocation = PUBLISH_SCRIPT.key(stream);
@@ -220,7 +220,7 @@ impl RedisBroker {
         let (stream, meta) = keys(&on_redis);
         let (generation, mut conn) = self
             .reader
-            .get(&self.client, self.publish_timeout)
+            .get(self, self.publish_timeout)
             .await
             .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
         let result: Result<(Vec<Option<String>>, Value), RedisError> =

@@ -81,8 +81,8 @@ use self::subscriber::{Plan, Reader};
 ///   `UNSUBSCRIBE`).
 /// - **Publishing** uses one multiplexed connection shared by every clone of the broker, opened
 ///   on the first publish. A connection the server closed (a restart, a dropped connection) is
-///   noticed and replaced before the next publish (for `rediss://`, after the publish that
-///   fails on it); one that fails or times out is replaced too. While Redis is unreachable,
+///   noticed and replaced before the next publish (`rediss://` ones too); one that fails or times
+///   out is replaced too. While Redis is unreachable,
 ///   [`publish`](Broker::publish) returns [`BrokerError::Unreachable`] (connection refused or
 ///   lost) or [`BrokerError::Timeout`] within [`publish_timeout`](Self::publish_timeout); it
 ///   never blocks longer and never panics. A failed publish is **not** retried (a retry could
@@ -110,6 +110,10 @@ use self::subscriber::{Plan, Reader};
 #[derive(Clone)]
 pub struct RedisBroker {
     client: redis::Client,
+    /// The CA certificates (PEM) that `tls_root_certificates` gave, for the TLS connections the
+    /// broker opens itself (the publishing ones); `client` carries them too.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls_roots: Option<Arc<[u8]>>,
     /// The URL with its password hidden, for logs and errors.
     url: Arc<str>,
     /// The prefix put before every channel on Redis (`"app1:"`), empty without a namespace.

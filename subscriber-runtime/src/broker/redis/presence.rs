@@ -57,7 +57,7 @@ impl RedisBroker {
         let run = async {
             let (generation, conn) = self
                 .publisher
-                .get(&self.client, self.publish_timeout)
+                .get(self, self.publish_timeout)
                 .await
                 .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
             f(conn).await.map_err(|e| {

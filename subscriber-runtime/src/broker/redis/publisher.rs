@@ -19,7 +19,7 @@ impl RedisBroker {
     ) -> Result<(), BrokerError> {
         let (generation, mut conn) = self
             .publisher
-            .get(&self.client, self.publish_timeout)
+            .get(self, self.publish_timeout)
             .await
             .map_err(|e| classify(&e, &self.url, self.publish_timeout))?;
         let result: Result<i64, RedisError> = redis::cmd("PUBLISH")
@@ -56,14 +56,15 @@ struct Cached {
     generation: u64,
     connection: MultiplexedConnection,
     /// False once the connection's driver has stopped (the server closed it): a publish on it
-    /// would fail, so a new one is opened first. `None` when it cannot be watched (TLS).
+    /// would fail, so a new one is opened first. `None` when it cannot be watched (a
+    /// `rediss://...#insecure` URL, which the broker refuses anyway).
     alive: Option<Arc<AtomicBool>>,
 }
 
 impl PublishSlot {
     pub(super) async fn get(
         &self,
-        client: &redis::Client,
+        broker: &RedisBroker,
         timeout: Duration,
     ) -> Result<(u64, MultiplexedConnection), RedisError> {
         let mut slot = self.connection.lock().await;
@@ -77,7 +78,7 @@ impl PublishSlot {
             }
         }
         *slot = None;
-        let (connection, alive) = open_watched(client, timeout).await?;
+        let (connection, alive) = open_watched(broker, timeout).await?;
         let generation = self.opened.fetch_add(1, Ordering::SeqCst) + 1;
         *slot = Some(Cached {
             generation,
@@ -100,11 +101,12 @@ impl PublishSlot {
 
 /// Opens a multiplexed connection whose end is observed, so that a connection the server closed
 /// (e.g. a Redis restart) is replaced *before* a publish is sent on it, rather than failing that
-/// publish. TLS connections are opened by the `redis` crate and not watched.
+/// publish. TLS connections are opened here too (with the roots the `redis` crate would use).
 async fn open_watched(
-    client: &redis::Client,
+    broker: &RedisBroker,
     timeout: Duration,
 ) -> Result<(MultiplexedConnection, Option<Arc<AtomicBool>>), RedisError> {
+    let client = &broker.client;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
@@ -113,6 +115,21 @@ async fn open_watched(
         redis::ConnectionAddr::Tcp(host, port) => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             let _ = stream.set_nodelay(true);
+            watch(info.redis_settings(), stream, config).await
+        }
+        #[cfg(feature = "tls")]
+        redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            ..
+        } => {
+            let connector = super::tls::connector(broker.tls_roots.as_deref())
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let name = super::tls::server_name(host).map_err(std::io::Error::other)?;
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            let _ = stream.set_nodelay(true);
+            let stream = connector.connect(name, stream).await?;
             watch(info.redis_settings(), stream, config).await
         }
         #[cfg(unix)]

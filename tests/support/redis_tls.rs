@@ -314,8 +314,9 @@ impl TlsRedis {
 #[derive(Debug)]
 pub struct TlsCluster {
     // Dropped in this order: the processes, then their files.
-    processes: Vec<Process>,
+    processes: Vec<Option<Process>>,
     pub ports: Vec<u16>,
+    binary: PathBuf,
     dirs: Vec<TempDir>,
     pub certificates: Certificates,
 }
@@ -325,17 +326,18 @@ impl TlsCluster {
         let (server, cli) = binaries()?;
         let certificates = Certificates::new();
         let mut cluster = Self {
-            certificates,
-            ports: Vec::new(),
             processes: Vec::new(),
+            ports: Vec::new(),
+            binary: server.clone(),
             dirs: Vec::new(),
+            certificates,
         };
         for _ in 0..primaries {
             let dir = TempDir::new("node");
             let (port, process) =
                 spawn_server(&server, &cluster.certificates, dir.path(), true).await;
             cluster.ports.push(port);
-            cluster.processes.push(process);
+            cluster.processes.push(Some(process));
             cluster.dirs.push(dir);
         }
         let mut create = Command::new(&cli);
@@ -371,6 +373,24 @@ impl TlsCluster {
             .iter()
             .map(|port| format!("rediss://127.0.0.1:{port}/"))
             .collect()
+    }
+
+    /// Kills node `index` and starts it again on its port, with its `nodes.conf` (so the same
+    /// node, serving the same slots, empty), and waits until the cluster is whole again.
+    pub async fn restart(&mut self, index: usize, down_for: Duration) {
+        self.processes[index] = None;
+        tokio::time::sleep(down_for).await;
+        let process = spawn_on(
+            &self.binary,
+            &self.certificates,
+            self.dirs[index].path(),
+            true,
+            self.ports[index],
+        )
+        .await
+        .unwrap_or_else(|log| panic!("TLS cluster node did not restart:\n{log}"));
+        self.processes[index] = Some(process);
+        self.wait_until_ok().await;
     }
 
     /// Until every node says `cluster_state:ok` and knows every other node.

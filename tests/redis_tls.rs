@@ -409,6 +409,38 @@ async fn a_tls_cluster_node_restarted_has_its_partitions_subscribed_again() {
     sender.shutdown().await;
 }
 
+/// Seeds reached as `localhost`, whose certificates name only `localhost`: the slot map is read,
+/// but the nodes announce `127.0.0.1`, which their certificates do not name. The error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_whose_certificates_do_not_name_the_announced_addresses_says_so() {
+    init_tracing();
+    let Some(cluster) =
+        TlsCluster::start_with(3, redis_tls::Certificates::for_names(&["localhost"])).await
+    else {
+        return;
+    };
+    let started = app(on_cluster(&cluster, "tls-names").connect_timeout(Duration::from_secs(1)))
+        .subscriber(
+            Subscriber::channels(["orders"])
+                .name("a")
+                .handle(|| async {}),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await;
+    let error = match started {
+        Err(Error::Broker(error)) => error.to_string(),
+        Err(other) => panic!("expected a broker error, got {other}"),
+        Ok(_) => panic!("a certificate that does not name 127.0.0.1 was accepted for it"),
+    };
+    eprintln!("the error: {error}");
+    assert!(
+        error.contains("127.0.0.1") && error.contains("subject alternative names"),
+        "the error names the address and what to do: {error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_refuses_a_worker_that_trusts_another_ca_and_says_why() {
     init_tracing();

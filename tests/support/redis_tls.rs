@@ -96,12 +96,21 @@ impl Drop for TempDir {
 #[derive(Debug)]
 pub struct Certificates {
     pub dir: TempDir,
+    /// The first name the server certificate is for: where the harness reaches the servers.
+    pub host: String,
     /// The CA's certificate (PEM): what a client must trust.
     pub ca_pem: String,
 }
 
 impl Certificates {
+    /// For `127.0.0.1` and `localhost`.
     pub fn new() -> Self {
+        Self::for_names(&["127.0.0.1", "localhost"])
+    }
+
+    /// A server certificate whose subject alternative names are `names` (IP addresses or DNS
+    /// names).
+    pub fn for_names(names: &[&str]) -> Self {
         let dir = TempDir::new("certs");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -109,8 +118,8 @@ impl Certificates {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "switchboard test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let mut server_params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut server_params = CertificateParams::new(names.clone()).unwrap();
         server_params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "redis test server");
@@ -120,7 +129,11 @@ impl Certificates {
         std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
         std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
         std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
-        Self { dir, ca_pem }
+        Self {
+            dir,
+            host: names[0].clone(),
+            ca_pem,
+        }
     }
 
     pub fn ca_file(&self) -> PathBuf {
@@ -222,7 +235,7 @@ async fn spawn_on(
         if let Ok(Some(_)) = process.0.try_wait() {
             break;
         }
-        if query::<String>(port, &certificates.ca_pem, &mut redis::cmd("PING"))
+        if query::<String>(certificates, port, &mut redis::cmd("PING"))
             .await
             .is_ok()
         {
@@ -236,17 +249,18 @@ async fn spawn_on(
     Err(std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default())
 }
 
-/// One command on the TLS node at `port`, trusting `ca_pem`.
+/// One command on the TLS node at `port`, reached at the certificates' first name and trusting
+/// their CA.
 pub async fn query<T: redis::FromRedisValue>(
+    certificates: &Certificates,
     port: u16,
-    ca_pem: &str,
     command: &mut redis::Cmd,
 ) -> redis::RedisResult<T> {
     let client = redis::Client::build_with_tls(
-        format!("rediss://127.0.0.1:{port}/"),
+        format!("rediss://{}:{port}/", certificates.host),
         redis::TlsCertificates {
             client_tls: None,
-            root_cert: Some(ca_pem.as_bytes().to_vec()),
+            root_cert: Some(certificates.ca_pem.as_bytes().to_vec()),
         },
     )?;
     let config = redis::AsyncConnectionConfig::new()
@@ -323,8 +337,12 @@ pub struct TlsCluster {
 
 impl TlsCluster {
     pub async fn start(primaries: usize) -> Option<Self> {
+        Self::start_with(primaries, Certificates::new()).await
+    }
+
+    /// A cluster whose nodes present certificates signed for these names.
+    pub async fn start_with(primaries: usize, certificates: Certificates) -> Option<Self> {
         let (server, cli) = binaries()?;
-        let certificates = Certificates::new();
         let mut cluster = Self {
             processes: Vec::new(),
             ports: Vec::new(),
@@ -367,11 +385,11 @@ impl TlsCluster {
         Some(cluster)
     }
 
-    /// `rediss://127.0.0.1:P/` for every node.
+    /// `rediss://<host>:P/` for every node, `<host>` the certificates' first name.
     pub fn urls(&self) -> Vec<String> {
         self.ports
             .iter()
-            .map(|port| format!("rediss://127.0.0.1:{port}/"))
+            .map(|port| format!("rediss://{}:{port}/", self.certificates.host))
             .collect()
     }
 
@@ -399,13 +417,10 @@ impl TlsCluster {
         loop {
             let mut ok = true;
             for &port in &self.ports {
-                let info: String = query(
-                    port,
-                    &self.certificates.ca_pem,
-                    redis::cmd("CLUSTER").arg("INFO"),
-                )
-                .await
-                .unwrap_or_default();
+                let info: String =
+                    query(&self.certificates, port, redis::cmd("CLUSTER").arg("INFO"))
+                        .await
+                        .unwrap_or_default();
                 let known = format!("cluster_known_nodes:{}", self.ports.len());
                 ok &= info.contains("cluster_state:ok") && info.contains(&known);
             }

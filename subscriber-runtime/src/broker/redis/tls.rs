@@ -81,12 +81,19 @@ pub(super) fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     })
 }
 
-/// `error` with a hint when it says the server's certificate was not trusted.
+/// `error` with a hint when it says the server's certificate was refused: signed by a CA the
+/// worker does not trust, or not naming the host it was reached at.
 pub(super) fn explain(error: &str) -> String {
-    let untrusted = error.contains("invalid peer certificate") || error.contains("UnknownIssuer");
-    if untrusted && !error.contains("tls_root_certificates") {
+    if error.contains("(TLS: ") {
+        return error.to_owned();
+    }
+    if error.contains("UnknownIssuer") {
         format!(
             "{error} (TLS: the server's certificate is not trusted; give the CA that signed it to the broker with tls_root_certificates, or REDIS_TLS_CA_FILE)"
+        )
+    } else if error.contains("not valid for name") || error.contains("NotValidForName") {
+        format!(
+            "{error} (TLS: the server's certificate does not name the host it was reached at; on a cluster, that is the address each node announces in CLUSTER SLOTS: put it in the certificates' subject alternative names)"
         )
     } else {
         error.to_owned()
@@ -113,6 +120,18 @@ mod tests {
         let err = parse_roots(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")
             .unwrap_err();
         assert!(matches!(&err, BrokerError::Config(_)), "{err}");
+    }
+
+    #[test]
+    fn refused_certificates_are_explained_once() {
+        let unknown = explain("redis at x: invalid peer certificate: UnknownIssuer");
+        assert!(unknown.contains("tls_root_certificates"), "{unknown}");
+        assert_eq!(explain(&unknown), unknown);
+        let name = explain(
+            "invalid peer certificate: certificate not valid for name \"10.0.0.1\"; certificate is only valid for DnsName(\"redis-0\")",
+        );
+        assert!(name.contains("subject alternative names"), "{name}");
+        assert_eq!(explain("connection refused"), "connection refused");
     }
 
     #[test]

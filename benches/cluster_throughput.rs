@@ -9,7 +9,8 @@
 //! requests do: a node that is behind holds up only the publishers whose channels it owns. After a
 //! second for the queues to fill, the bench counts what the subscribing worker handles in a window
 //! of `CLUSTER_BENCH_SECONDS` (default 5), then stops the publishers and checks that every answered
-//! publish is handled. The topologies take turns, run by run; reported per topology, medians of
+//! publish is handled. With `CLUSTER_BENCH_PER_NODE=1`, each topology gets that many publishers
+//! per node (the load grows with the cluster). The topologies take turns, run by run; reported per topology, medians of
 //! `CLUSTER_BENCH_RUNS` runs (default 3):
 //! - messages delivered per second in the window;
 //! - the CPU each Redis node spent per message in the window (`INFO cpu`, user + system), summed
@@ -342,6 +343,7 @@ fn show(values: &[f64]) -> String {
 #[tokio::main]
 async fn main() {
     let publishers = env_or("CLUSTER_BENCH_PUBLISHERS", 1000);
+    let per_node = env_or("CLUSTER_BENCH_PER_NODE", 0) == 1;
     let window = Duration::from_secs(env_or("CLUSTER_BENCH_SECONDS", 5));
     let runs = env_or("CLUSTER_BENCH_RUNS", 3);
     // Redis's default node timeout (15 s): the cluster bus then pings about once a second, which
@@ -374,6 +376,13 @@ async fn main() {
     let mut runs_of: Vec<Vec<Run>> = topologies.iter().map(|_| Vec::new()).collect();
     for round in 0..runs {
         for ((_, ports), done) in topologies.iter().zip(&mut runs_of) {
+            // `CLUSTER_BENCH_PER_NODE=1`: as many publishers per node on every topology (the
+            // load grows with the cluster), instead of as many in all.
+            let publishers = if per_node {
+                publishers * ports.len() as u64
+            } else {
+                publishers
+            };
             done.push(run(ports, round, publishers, window).await);
         }
     }

@@ -86,7 +86,8 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 ///   partition on its own (a slot migration, or a primary that became a replica), answers
 ///   `MOVED` or `CLUSTERDOWN`, or a connection is lost; every partition is then subscribed again
 ///   on the node that owns it now, retrying with a short jittered backoff (100 ms doubling to
-///   500 ms by default). Each recovery counts one [`Stats::reconnects`](crate::Stats::reconnects).
+///   500 ms by default). Each recovery (every partition that was lost or moved subscribed again)
+///   counts one [`Stats::reconnects`](crate::Stats::reconnects).
 /// - **Publishing**: the `redis` crate's cluster client (`MOVED`/`ASK` redirections, reconnects
 ///   and slot map refreshes are its own), within [`publish_timeout`](Self::publish_timeout).
 /// - **TLS**: with `rediss://` seeds (feature `tls`), every connection above is a TLS one, each

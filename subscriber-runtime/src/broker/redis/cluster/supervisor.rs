@@ -194,6 +194,10 @@ impl Supervisor {
                 old.send(Command::Unsubscribe(name.clone()));
             }
             tracing::info!(partition = %self.broker.partitions.name(partition), from = %place.node, to = %owner, "redis cluster partition moves to another node");
+            // Until the new owner confirms it, the partition is subscribed nowhere: a recovery,
+            // counted once complete, whichever of the slot map, a `MOVED` or Redis's own
+            // `sunsubscribe` showed the move first.
+            self.degrade(state);
         }
         let node = state.nodes.entry(owner.clone()).or_insert_with(|| {
             Node::spawn(

@@ -91,6 +91,79 @@ async fn jobs_are_handled(
     }
 }
 
+/// Three applications on one Redis (or cluster): a worker recording `channels` and the durable
+/// `ledger`, a run-once consumer of `jobs`, and a sender that publishes.
+struct Apps {
+    worker: Running,
+    consumer: Running,
+    sender: Running,
+    seen: mpsc::UnboundedReceiver<(String, Value)>,
+    jobs: mpsc::UnboundedReceiver<(String, Value)>,
+}
+
+impl Apps {
+    async fn start<B: Broker>(broker: impl Fn() -> B, mut channels: Vec<String>) -> Self {
+        channels.push("ledger".into());
+        let (tx, seen) = mpsc::unbounded_channel();
+        let worker = start(recording(
+            app(broker()).durable("ledger", Retention::default()),
+            channels,
+            &tx,
+        ))
+        .await;
+        let (jobs_tx, jobs) = mpsc::unbounded_channel();
+        let consumer = start(run_once(app(broker()), &jobs_tx)).await;
+        let sender = start(
+            app(broker())
+                .durable("ledger", Retention::default())
+                .durable("jobs", Retention::default()),
+        )
+        .await;
+        Self {
+            worker,
+            consumer,
+            sender,
+            seen,
+            jobs,
+        }
+    }
+
+    /// A durable publish on `ledger` is delivered and read back from its stream, then 20 jobs
+    /// are each handled once.
+    async fn durable_messages_are_kept_and_jobs_run_once(&mut self) {
+        let publisher = self.sender.publisher();
+        let position = publisher
+            .publish_durable("ledger", &json!({ "n": "durable" }))
+            .await
+            .expect("a durable publish over TLS")
+            .expect("a durable channel has a position");
+        let (channel, message) = recv(&mut self.seen, "the durable message").await;
+        assert_eq!(
+            (channel.as_str(), &message["n"]),
+            ("ledger", &json!("durable"))
+        );
+        // The stream kept it: read back over TLS.
+        let read = publisher
+            .read_stream("ledger", 0, 10)
+            .await
+            .expect("a stream read over TLS");
+        assert!(
+            read.entries
+                .iter()
+                .any(|(offset, _)| *offset == position.offset),
+            "the stream holds offset {}: {read:?}",
+            position.offset
+        );
+        jobs_are_handled(&publisher, &mut self.jobs).await;
+    }
+
+    async fn shutdown(self) {
+        self.worker.shutdown().await;
+        self.consumer.shutdown().await;
+        self.sender.shutdown().await;
+    }
+}
+
 async fn recv(rx: &mut mpsc::UnboundedReceiver<(String, Value)>, what: &str) -> (String, Value) {
     tokio::time::timeout(WAIT, rx.recv())
         .await
@@ -134,60 +207,19 @@ async fn one_redis_over_tls_with_a_private_ca_delivers_keeps_durable_messages_an
     let Some(redis) = TlsRedis::start().await else {
         return;
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = start(recording(
-        app(single(&redis, "tls1")).durable("ledger", Retention::default()),
-        vec!["orders".into(), "ledger".into()],
-        &tx,
-    ))
-    .await;
-    let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
-    let consumer = start(run_once(app(single(&redis, "tls1")), &jobs_tx)).await;
-    let sender = start(
-        app(single(&redis, "tls1"))
-            .durable("ledger", Retention::default())
-            .durable("jobs", Retention::default()),
-    )
-    .await;
-    let publisher = sender.publisher();
-
-    publisher
+    let mut apps = Apps::start(|| single(&redis, "tls1"), vec!["orders".into()]).await;
+    apps.sender
+        .publisher()
         .publish("orders", &json!({ "n": 1 }))
         .await
         .expect("a publish over TLS");
-    let (channel, message) = recv(&mut rx, "the plain message").await;
+    let (channel, message) = recv(&mut apps.seen, "the plain message").await;
     assert_eq!(
         (channel.as_str(), message["n"].as_u64()),
         ("orders", Some(1))
     );
-
-    let position = publisher
-        .publish_durable("ledger", &json!({ "n": 2 }))
-        .await
-        .expect("a durable publish over TLS")
-        .expect("a durable channel has a position");
-    let (channel, message) = recv(&mut rx, "the durable message").await;
-    assert_eq!(
-        (channel.as_str(), message["n"].as_u64()),
-        ("ledger", Some(2))
-    );
-    // The stream kept it: read back over TLS.
-    let read = publisher
-        .read_stream("ledger", 0, 10)
-        .await
-        .expect("a stream read over TLS");
-    assert!(
-        read.entries
-            .iter()
-            .any(|(offset, _)| *offset == position.offset),
-        "the stream holds offset {}: {read:?}",
-        position.offset
-    );
-    jobs_are_handled(&publisher, &mut jobs).await;
-
-    worker.shutdown().await;
-    consumer.shutdown().await;
-    sender.shutdown().await;
+    apps.durable_messages_are_kept_and_jobs_run_once().await;
+    apps.shutdown().await;
 }
 
 /// A restart of the TLS server: the subscriber reconnects over TLS, and the publishing connection
@@ -298,25 +330,8 @@ async fn a_tls_cluster_delivers_every_partition_keeps_durable_messages_and_runs_
         .collect();
     assert_eq!(partitions.len(), 16, "the channels cover every partition");
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut subscribed = channels.clone();
-    subscribed.push("ledger".into());
-    let worker = start(recording(
-        app(broker).durable("ledger", Retention::default()),
-        subscribed,
-        &tx,
-    ))
-    .await;
-    let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
-    let consumer = start(run_once(app(on_cluster(&cluster, "tlsc")), &jobs_tx)).await;
-    let sender = start(
-        app(on_cluster(&cluster, "tlsc"))
-            .durable("ledger", Retention::default())
-            .durable("jobs", Retention::default()),
-    )
-    .await;
-    let publisher = sender.publisher();
-
+    let mut apps = Apps::start(|| on_cluster(&cluster, "tlsc"), channels.clone()).await;
+    let publisher = apps.sender.publisher();
     for (i, channel) in channels.iter().enumerate() {
         publisher
             .publish(channel, &json!({ "n": i }))
@@ -325,7 +340,7 @@ async fn a_tls_cluster_delivers_every_partition_keeps_durable_messages_and_runs_
     }
     let mut seen = BTreeSet::new();
     while seen.len() < channels.len() {
-        let (channel, message) = recv(&mut rx, "a message of every channel").await;
+        let (channel, message) = recv(&mut apps.seen, "a message of every channel").await;
         assert_eq!(
             channel,
             format!("orders:{}", message["n"]),
@@ -333,33 +348,8 @@ async fn a_tls_cluster_delivers_every_partition_keeps_durable_messages_and_runs_
         );
         seen.insert(channel);
     }
-
-    let position = publisher
-        .publish_durable("ledger", &json!({ "n": "durable" }))
-        .await
-        .expect("a durable publish on the TLS cluster")
-        .expect("a durable channel has a position");
-    let (channel, message) = recv(&mut rx, "the durable message").await;
-    assert_eq!(
-        (channel.as_str(), &message["n"]),
-        ("ledger", &json!("durable"))
-    );
-    let read = publisher
-        .read_stream("ledger", 0, 10)
-        .await
-        .expect("a stream read on the TLS cluster");
-    assert!(
-        read.entries
-            .iter()
-            .any(|(offset, _)| *offset == position.offset),
-        "the stream holds offset {}: {read:?}",
-        position.offset
-    );
-    jobs_are_handled(&publisher, &mut jobs).await;
-
-    worker.shutdown().await;
-    consumer.shutdown().await;
-    sender.shutdown().await;
+    apps.durable_messages_are_kept_and_jobs_run_once().await;
+    apps.shutdown().await;
 }
 
 /// A primary killed and restarted: the worker's TLS connection to it is lost, opened again, and

@@ -16,6 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "binaries.rs"]
+mod binaries;
+pub use binaries::{cluster_required, find_binary, free_cluster_port};
+
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, FromRedisValue, RedisResult};
 
@@ -30,8 +34,6 @@ const NODE_START: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 /// Connection and response timeout of every command the harness sends.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// The cluster bus of a node listens on its port + 10000.
-const BUS_OFFSET: u16 = 10000;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -64,35 +66,6 @@ pub fn slot_of(key: &[u8]) -> u16 {
         })
         .unwrap_or(key);
     crc16(hashed) & (SLOTS - 1)
-}
-
-/// A free loopback port whose cluster bus port (port + 10000) is free too (both free when this
-/// returns; good enough for a test, and [`RedisCluster::start`] retries a node that cannot bind).
-pub fn free_cluster_port() -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port > u16::MAX - BUS_OFFSET {
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port + BUS_OFFSET)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// An executable on `PATH`.
-pub fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Whether `SWITCHBOARD_REQUIRE_CLUSTER` asks for the cluster tests to fail instead of being
-/// skipped when Redis is missing (CI sets it).
-pub fn cluster_required() -> bool {
-    std::env::var_os("SWITCHBOARD_REQUIRE_CLUSTER").is_some_and(|v| v != "0")
 }
 
 /// One line of `CLUSTER NODES`: a node as some node sees it.

@@ -5,19 +5,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "binaries.rs"]
+mod binaries;
+#[allow(unused_imports)]
+pub use binaries::free_port;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A free loopback port (free when this returns; good enough for a test).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `redis-server` child process on a fixed port, killed on drop.
 pub struct RedisServer {
@@ -33,10 +29,7 @@ impl RedisServer {
     }
 
     pub fn find_binary() -> Option<PathBuf> {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("redis-server"))
-            .find(|candidate| candidate.is_file())
+        binaries::find_binary("redis-server")
     }
 
     pub async fn start(binary: PathBuf, port: u16) -> Self {

@@ -12,27 +12,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "binaries.rs"]
+mod binaries;
+use binaries::{cluster_required, find_binary, free_cluster_port};
+
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 /// How long a server may take to answer, and a cluster to settle.
 const WAIT: Duration = Duration::from_secs(20);
-/// The cluster bus of a node listens on its port + 10000.
-const BUS_OFFSET: u16 = 10000;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// An executable on `PATH`.
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Whether `SWITCHBOARD_REQUIRE_CLUSTER` asks for a failure instead of a skip when Redis is missing.
-fn required() -> bool {
-    std::env::var_os("SWITCHBOARD_REQUIRE_CLUSTER").is_some_and(|v| v != "0")
-}
 
 /// `redis-server` and `redis-cli`, or `None` (a skip) unless they are required.
 fn binaries() -> Option<(PathBuf, PathBuf)> {
@@ -40,26 +29,12 @@ fn binaries() -> Option<(PathBuf, PathBuf)> {
         (Some(server), Some(cli)) => Some((server, cli)),
         _ => {
             assert!(
-                !required(),
+                !cluster_required(),
                 "SWITCHBOARD_REQUIRE_CLUSTER is set but redis-server or redis-cli is not on PATH \
                  (apt-get install redis-server)"
             );
             eprintln!("SKIPPED: redis-server or redis-cli not found (set SWITCHBOARD_REQUIRE_CLUSTER=1 to fail instead)");
             None
-        }
-    }
-}
-
-/// A free loopback port whose cluster bus port (port + 10000) is free too.
-fn free_port() -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port > u16::MAX - BUS_OFFSET {
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port + BUS_OFFSET)).is_ok() {
-            return port;
         }
     }
 }
@@ -187,7 +162,7 @@ async fn spawn_server(
     cluster: bool,
 ) -> (u16, Process) {
     for attempt in 1..=5 {
-        let port = free_port();
+        let port = free_cluster_port();
         match spawn_on(binary, certificates, dir, cluster, port).await {
             Ok(process) => return (port, process),
             Err(log) => eprintln!(

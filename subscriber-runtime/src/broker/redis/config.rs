@@ -91,19 +91,10 @@ impl RedisBroker {
     #[cfg(feature = "tls")]
     pub fn tls_root_certificates(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BrokerError> {
         let pem = pem.as_ref();
-        super::tls::parse_roots(pem)?;
         let info = self.client.get_connection_info().clone();
-        if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
-            return Err(BrokerError::Config(format!(
-                "TLS root certificates were given for the Redis URL {}, which does not use TLS: use a `rediss://` URL",
-                self.url
-            )));
-        }
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.to_vec()),
-        };
-        self.client = redis::Client::build_with_tls(info, certificates).map_err(|e| {
+        let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let trusting = super::tls::trusting(&[info], is_tls, pem, &self.url)?;
+        self.client = redis::Client::open(trusting[0].clone()).map_err(|e| {
             BrokerError::Config(format!("the TLS root certificates for {}: {e}", self.url))
         })?;
         self.tls_roots = Some(pem.into());

@@ -37,6 +37,37 @@ pub(super) fn parse_roots(pem: &[u8]) -> Result<RootCertStore, BrokerError> {
     Ok(store)
 }
 
+/// `info` made to trust the CA certificates of `pem` (checked first) in the `redis` crate's
+/// connections: what `tls_root_certificates` does on both brokers. `urls` names the broker's
+/// Redis in errors; `is_tls` says whether its URLs are `rediss://` ones.
+///
+/// # Errors
+/// [`BrokerError::Config`] when `pem` holds no usable certificate or the URLs are not `rediss://`.
+pub(super) fn trusting(
+    info: &[redis::ConnectionInfo],
+    is_tls: bool,
+    pem: &[u8],
+    urls: &str,
+) -> Result<Vec<redis::ConnectionInfo>, BrokerError> {
+    parse_roots(pem)?;
+    if !is_tls {
+        return Err(BrokerError::Config(format!(
+            "TLS root certificates were given for the Redis URL(s) {urls}, which do not use TLS: use `rediss://` URLs"
+        )));
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    };
+    info.iter()
+        .map(|one| {
+            redis::Client::build_with_tls(one.clone(), certificates.clone())
+                .map(|client| client.get_connection_info().clone())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BrokerError::Config(format!("the TLS root certificates for {urls}: {e}")))
+}
+
 /// A connector that trusts `roots`, or the platform's root certificates without them (as the
 /// `redis` crate does), with the `ring` provider.
 pub(super) fn connector(roots: Option<&[u8]>) -> Result<TlsConnector, BrokerError> {

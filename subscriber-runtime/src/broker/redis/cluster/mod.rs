@@ -283,31 +283,9 @@ impl RedisClusterBroker {
     #[cfg(feature = "tls")]
     pub fn tls_root_certificates(mut self, pem: impl AsRef<[u8]>) -> Result<Self, BrokerError> {
         let pem = pem.as_ref();
-        super::tls::parse_roots(pem)?;
-        if !self.tls {
-            return Err(BrokerError::Config(format!(
-                "TLS root certificates were given for the Redis Cluster URLs {}, which do not use TLS: use `rediss://` URLs",
-                self.urls
-            )));
-        }
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.to_vec()),
-        };
         // The seeds carry the roots too: the slot map is read through them, and `info_for`
         // copies the first one's.
-        let seeds = self
-            .seeds
-            .iter()
-            .map(|seed| {
-                redis::Client::build_with_tls(seed.clone(), certificates.clone())
-                    .map(|client| client.get_connection_info().clone())
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                BrokerError::Config(format!("the TLS root certificates for {}: {e}", self.urls))
-            })?;
-        self.seeds = seeds.into();
+        self.seeds = super::tls::trusting(&self.seeds, self.tls, pem, &self.urls)?.into();
         self.tls_roots = Some(pem.into());
         Ok(self)
     }

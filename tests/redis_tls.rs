@@ -164,6 +164,37 @@ impl Apps {
     }
 }
 
+/// Publishes on every channel until each has been delivered (at-most-once meanwhile: what is
+/// published before a partition is subscribed again is lost), within 20 s of `after`.
+async fn every_channel_is_delivered(
+    publisher: &switchboard::Publisher,
+    channels: &[String],
+    rx: &mut mpsc::UnboundedReceiver<(String, Value)>,
+    after: &str,
+) {
+    let since = std::time::Instant::now();
+    let mut seen = BTreeSet::new();
+    while seen.len() < channels.len() {
+        assert!(
+            since.elapsed() < 2 * WAIT,
+            "{after}, {} of {} channels delivered",
+            seen.len(),
+            channels.len()
+        );
+        for channel in channels.iter().filter(|c| !seen.contains(*c)) {
+            let _ = publisher.publish(channel, &json!({ "n": 0 })).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Some((channel, _))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            seen.insert(channel);
+        }
+    }
+    eprintln!(
+        "{after}: every channel delivered within {:?}",
+        since.elapsed()
+    );
+}
+
 async fn recv(rx: &mut mpsc::UnboundedReceiver<(String, Value)>, what: &str) -> (String, Value) {
     tokio::time::timeout(WAIT, rx.recv())
         .await
@@ -372,25 +403,7 @@ async fn a_tls_cluster_node_restarted_has_its_partitions_subscribed_again() {
     let publisher = sender.publisher();
 
     cluster.restart(0, Duration::from_millis(300)).await;
-    // Publish on every channel until each has been delivered after the restart (at-most-once
-    // meanwhile: what is published before the partition is subscribed again is lost).
-    let restarted = std::time::Instant::now();
-    let mut seen = BTreeSet::new();
-    while seen.len() < channels.len() {
-        assert!(
-            restarted.elapsed() < WAIT,
-            "after the restart, {} of {} channels delivered",
-            seen.len(),
-            channels.len()
-        );
-        for channel in channels.iter().filter(|c| !seen.contains(*c)) {
-            let _ = publisher.publish(channel, &json!({ "n": 0 })).await;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
-        while let Ok(Some((channel, _))) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            seen.insert(channel);
-        }
-    }
+    every_channel_is_delivered(&publisher, &channels, &mut rx, "after the restart").await;
     assert!(
         worker.stats().reconnects >= 1,
         "the lost connection was counted"
@@ -401,6 +414,61 @@ async fn a_tls_cluster_node_restarted_has_its_partitions_subscribed_again() {
 
 /// Seeds reached as `localhost`, whose certificates name only `localhost`: the slot map is read,
 /// but the nodes announce `127.0.0.1`, which their certificates do not name. The error says so.
+/// A slot migration and failovers over TLS: a partition's slot moved to another primary, a
+/// replica promoted by `CLUSTER FAILOVER`, then another primary SIGKILLed and its replica
+/// elected. The worker subscribes the partitions again on their new owners, over TLS
+/// connections that check their certificates, and every channel is delivered after each
+/// change, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_migrates_a_slot_and_fails_over_and_every_channel_is_delivered_again() {
+    init_tracing();
+    let Some(mut cluster) = TlsCluster::start_with_replicas(3, 1).await else {
+        return;
+    };
+    let broker = || {
+        on_cluster(&cluster, "tls-failover")
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+            .ping_interval(Duration::from_millis(500))
+    };
+    let channels: Vec<String> = (0..64).map(|i| format!("orders:{i}")).collect();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = start(recording(app(broker()), channels.clone(), &tx)).await;
+    let sender = start(app(broker())).await;
+    let publisher = sender.publisher();
+    every_channel_is_delivered(&publisher, &channels, &mut rx, "at the start").await;
+
+    let shards = cluster.shards().await;
+    assert_eq!(shards.len(), 3, "three primaries, each with a replica");
+
+    // A slot migration: the slot of `orders:0`'s partition moves to another primary, whose
+    // node then carries the partition (and the old owner no longer does).
+    let partition = broker().partition_channel("orders:0").to_owned();
+    let slot = cluster.slot_of(&partition).await;
+    let from = cluster.owner_of_slot(slot).await;
+    let to = shards.iter().map(|(p, _)| *p).find(|p| *p != from).unwrap();
+    cluster.migrate_slot(slot, to).await;
+    every_channel_is_delivered(&publisher, &channels, &mut rx, "after the slot migration").await;
+    assert_eq!(cluster.shard_channels(to, &partition).await, 1);
+    assert_eq!(cluster.shard_channels(from, &partition).await, 0);
+    let (_, promoted) = shards[0];
+    cluster.failover(promoted).await;
+    every_channel_is_delivered(&publisher, &channels, &mut rx, "after CLUSTER FAILOVER").await;
+
+    let (killed, elected) = shards[1];
+    cluster.kill(killed);
+    cluster.wait_for_primary(elected).await;
+    every_channel_is_delivered(&publisher, &channels, &mut rx, "after the SIGKILL").await;
+    // Redis's `sunsubscribe` on the migrated slot and on the demoted primary, and the killed
+    // one's closed connection: each a recovery of the same worker.
+    assert!(
+        worker.stats().reconnects >= 3,
+        "the migration and both failovers were recoveries: {}",
+        worker.stats().reconnects
+    );
+    worker.shutdown().await;
+    sender.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_whose_certificates_do_not_name_the_announced_addresses_says_so() {
     init_tracing();
@@ -429,6 +497,54 @@ async fn a_tls_cluster_whose_certificates_do_not_name_the_announced_addresses_sa
         error.contains("127.0.0.1") && error.contains("subject alternative names"),
         "the error names the address and what to do: {error}"
     );
+}
+
+/// The fix for the case above: nodes that announce a host name their certificates carry
+/// (`cluster-announce-hostname localhost`, `cluster-preferred-endpoint-type hostname`). The
+/// broker reads host names from the slot map, connects to them, checks each node's certificate
+/// against the name, and delivers on every partition; so do the `redis` crate's publishing
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_announcing_host_names_is_reached_by_name_and_delivers() {
+    init_tracing();
+    let Some(cluster) = TlsCluster::start_announcing(
+        3,
+        "localhost",
+        redis_tls::Certificates::for_names(&["localhost"]),
+    )
+    .await
+    else {
+        return;
+    };
+    let slots: Vec<redis::Value> = redis_tls::query(
+        &cluster.certificates,
+        cluster.ports[0],
+        redis::cmd("CLUSTER").arg("SLOTS"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        format!("{slots:?}").contains("localhost"),
+        "the nodes announce their host name: {slots:?}"
+    );
+    let channels: Vec<String> = (0..64).map(|i| format!("orders:{i}")).collect();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = start(recording(
+        app(on_cluster(&cluster, "tls-hostnames")),
+        channels.clone(),
+        &tx,
+    ))
+    .await;
+    let sender = start(app(on_cluster(&cluster, "tls-hostnames"))).await;
+    every_channel_is_delivered(
+        &sender.publisher(),
+        &channels,
+        &mut rx,
+        "announcing host names",
+    )
+    .await;
+    worker.shutdown().await;
+    sender.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,7 +159,7 @@ async fn spawn_server(
     binary: &Path,
     certificates: &Certificates,
     dir: &Path,
-    cluster: bool,
+    cluster: Option<&[String]>,
 ) -> (u16, Process) {
     for attempt in 1..=5 {
         let port = free_cluster_port();
@@ -179,7 +179,7 @@ async fn spawn_on(
     binary: &Path,
     certificates: &Certificates,
     dir: &Path,
-    cluster: bool,
+    cluster: Option<&[String]>,
     port: u16,
 ) -> Result<Process, String> {
     let mut command = Command::new(binary);
@@ -192,11 +192,16 @@ async fn spawn_on(
         .arg(dir)
         .arg("--logfile")
         .arg(dir.join("redis.log"));
-    if cluster {
+    if let Some(extra) = cluster {
         command
             .args(["--cluster-enabled", "yes"])
             .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
-            .args(["--cluster-node-timeout", "2000"]);
+            .args(["--cluster-node-timeout", "2000"])
+            // Replicas sync at once (the default diskless sync waits 5 s for more replicas), and
+            // may always take over, however long they were cut off.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--cluster-replica-validity-factor", "0"])
+            .args(extra);
     }
     let child = command
         .stdin(Stdio::null())
@@ -263,7 +268,7 @@ impl TlsRedis {
         let (server, _) = binaries()?;
         let certificates = Certificates::new();
         let dir = TempDir::new("server");
-        let (port, process) = spawn_server(&server, &certificates, dir.path(), false).await;
+        let (port, process) = spawn_server(&server, &certificates, dir.path(), None).await;
         Some(Self {
             process: Some(process),
             port,
@@ -285,7 +290,7 @@ impl TlsRedis {
             &self.binary,
             &self.certificates,
             self.dir.path(),
-            false,
+            None,
             self.port,
         )
         .await
@@ -299,7 +304,7 @@ impl TlsRedis {
     }
 }
 
-/// A Redis Cluster of TLS-only primaries (no replicas).
+/// A Redis Cluster of TLS-only nodes.
 #[derive(Debug)]
 pub struct TlsCluster {
     // Dropped in this order: the processes, then their files.
@@ -308,15 +313,46 @@ pub struct TlsCluster {
     binary: PathBuf,
     dirs: Vec<TempDir>,
     pub certificates: Certificates,
+    /// More arguments for every node.
+    extra: Vec<String>,
 }
 
 impl TlsCluster {
     pub async fn start(primaries: usize) -> Option<Self> {
-        Self::start_with(primaries, Certificates::new()).await
+        Self::create(primaries, 0, Certificates::new(), Vec::new()).await
+    }
+
+    /// `primaries`, each with `replicas` replicas (replicating over TLS).
+    pub async fn start_with_replicas(primaries: usize, replicas: usize) -> Option<Self> {
+        Self::create(primaries, replicas, Certificates::new(), Vec::new()).await
     }
 
     /// A cluster whose nodes present certificates signed for these names.
     pub async fn start_with(primaries: usize, certificates: Certificates) -> Option<Self> {
+        Self::create(primaries, 0, certificates, Vec::new()).await
+    }
+
+    /// A cluster whose nodes announce `hostname` instead of their IP address
+    /// (`cluster-announce-hostname`, `cluster-preferred-endpoint-type hostname`).
+    pub async fn start_announcing(
+        primaries: usize,
+        hostname: &str,
+        certificates: Certificates,
+    ) -> Option<Self> {
+        let extra = ["--cluster-announce-hostname", hostname]
+            .into_iter()
+            .chain(["--cluster-preferred-endpoint-type", "hostname"])
+            .map(str::to_owned)
+            .collect();
+        Self::create(primaries, 0, certificates, extra).await
+    }
+
+    async fn create(
+        primaries: usize,
+        replicas: usize,
+        certificates: Certificates,
+        extra: Vec<String>,
+    ) -> Option<Self> {
         let (server, cli) = binaries()?;
         let mut cluster = Self {
             processes: Vec::new(),
@@ -324,11 +360,17 @@ impl TlsCluster {
             binary: server.clone(),
             dirs: Vec::new(),
             certificates,
+            extra,
         };
-        for _ in 0..primaries {
+        for _ in 0..primaries * (1 + replicas) {
             let dir = TempDir::new("node");
-            let (port, process) =
-                spawn_server(&server, &cluster.certificates, dir.path(), true).await;
+            let (port, process) = spawn_server(
+                &server,
+                &cluster.certificates,
+                dir.path(),
+                Some(&cluster.extra),
+            )
+            .await;
             cluster.ports.push(port);
             cluster.processes.push(Some(process));
             cluster.dirs.push(dir);
@@ -343,7 +385,7 @@ impl TlsCluster {
             create.arg(format!("127.0.0.1:{port}"));
         }
         create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null());
         let output = tokio::task::spawn_blocking(move || create.output())
             .await
@@ -357,6 +399,9 @@ impl TlsCluster {
             String::from_utf8_lossy(&output.stderr)
         );
         cluster.wait_until_ok().await;
+        if replicas > 0 {
+            cluster.wait_until_replicas_synced().await;
+        }
         Some(cluster)
     }
 
@@ -377,13 +422,227 @@ impl TlsCluster {
             &self.binary,
             &self.certificates,
             self.dirs[index].path(),
-            true,
+            Some(&self.extra),
             self.ports[index],
         )
         .await
         .unwrap_or_else(|log| panic!("TLS cluster node did not restart:\n{log}"));
         self.processes[index] = Some(process);
         self.wait_until_ok().await;
+    }
+
+    /// `(primary, replica)` ports, one pair per primary that has a replica, as the first
+    /// running node sees them.
+    pub async fn shards(&self) -> Vec<(u16, u16)> {
+        let port = self.running_ports()[0];
+        let nodes: String = query(&self.certificates, port, redis::cmd("CLUSTER").arg("NODES"))
+            .await
+            .expect("CLUSTER NODES over TLS");
+        // `<id> <host>:<port>@<bus> <flags> <primary id or -> ...`
+        let lines: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|line| line.split_whitespace().collect())
+            .collect();
+        let port_of = |id: &str| -> u16 {
+            let line = lines.iter().find(|l| l[0] == id).expect("a known node");
+            let address = line[1].split('@').next().unwrap();
+            address.rsplit(':').next().unwrap().parse().unwrap()
+        };
+        let mut shards: Vec<(u16, u16)> = lines
+            .iter()
+            .filter(|l| l[2].contains("slave") && l[3] != "-")
+            .map(|l| (port_of(l[3]), port_of(l[0])))
+            .collect();
+        shards.sort_unstable();
+        shards
+    }
+
+    /// Kills the node on `port` (SIGKILL; it stays down).
+    pub fn kill(&mut self, port: u16) {
+        let index = self.index_of(port);
+        self.processes[index] = None;
+    }
+
+    /// `CLUSTER FAILOVER` on the replica at `port`, and waits until it is a primary.
+    pub async fn failover(&self, port: u16) {
+        let _: String = query(
+            &self.certificates,
+            port,
+            redis::cmd("CLUSTER").arg("FAILOVER"),
+        )
+        .await
+        .expect("CLUSTER FAILOVER over TLS");
+        self.wait_for_primary(port).await;
+    }
+
+    /// Until the node on `port` says it is a primary (`ROLE`) and the others agree
+    /// (`cluster_state:ok` everywhere that runs).
+    pub async fn wait_for_primary(&self, port: u16) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let role: Vec<redis::Value> = query(&self.certificates, port, &mut redis::cmd("ROLE"))
+                .await
+                .unwrap_or_default();
+            let primary =
+                matches!(role.first(), Some(redis::Value::BulkString(kind)) if kind == b"master");
+            let mut ok = primary;
+            for other in self.running_ports() {
+                let info: String =
+                    query(&self.certificates, other, redis::cmd("CLUSTER").arg("INFO"))
+                        .await
+                        .unwrap_or_default();
+                ok &= info.contains("cluster_state:ok");
+            }
+            if ok {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let nodes: String = query(
+                    &self.certificates,
+                    self.running_ports()[0],
+                    redis::cmd("CLUSTER").arg("NODES"),
+                )
+                .await
+                .unwrap_or_default();
+                let log = std::fs::read_to_string(
+                    self.dirs[self.index_of(port)].path().join("redis.log"),
+                )
+                .unwrap_or_default();
+                panic!("the TLS node on port {port} did not become a primary (role {role:?}):\n{nodes}\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`).
+    pub async fn slot_of(&self, key: &str) -> u16 {
+        query(
+            &self.certificates,
+            self.running_ports()[0],
+            redis::cmd("CLUSTER").arg("KEYSLOT").arg(key),
+        )
+        .await
+        .expect("CLUSTER KEYSLOT over TLS")
+    }
+
+    /// The port of the primary that serves `slot`, as the node on `port` sees it.
+    async fn owner_seen_by(&self, port: u16, slot: u16) -> Option<u16> {
+        let ranges: Vec<Vec<redis::Value>> =
+            query(&self.certificates, port, redis::cmd("CLUSTER").arg("SLOTS"))
+                .await
+                .ok()?;
+        ranges.iter().find_map(|range| {
+            let int = |value: &redis::Value| match value {
+                redis::Value::Int(n) => Some(*n),
+                _ => None,
+            };
+            let (start, end) = (int(range.first()?)?, int(range.get(1)?)?);
+            if !(start..=end).contains(&i64::from(slot)) {
+                return None;
+            }
+            let redis::Value::Array(primary) = range.get(2)? else {
+                return None;
+            };
+            u16::try_from(int(primary.get(1)?)?).ok()
+        })
+    }
+
+    /// The primary that serves `slot`, as the first running node sees it.
+    pub async fn owner_of_slot(&self, slot: u16) -> u16 {
+        self.owner_seen_by(self.running_ports()[0], slot)
+            .await
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+    }
+
+    /// Moves `slot` (holding no key) to the primary on `to`: `SETSLOT IMPORTING` and
+    /// `MIGRATING`, then `SETSLOT NODE` on every primary; waits until every running node agrees.
+    pub async fn migrate_slot(&self, slot: u16, to: u16) {
+        let from = self.owner_of_slot(slot).await;
+        let id = |port: u16| async move {
+            query::<String>(&self.certificates, port, redis::cmd("CLUSTER").arg("MYID"))
+                .await
+                .expect("CLUSTER MYID over TLS")
+        };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let setslot = |port: u16, args: Vec<String>| async move {
+            let mut command = redis::cmd("CLUSTER");
+            command.arg("SETSLOT").arg(slot).arg(args);
+            let _: String = query(&self.certificates, port, &mut command)
+                .await
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT on {port}: {e}"));
+        };
+        setslot(to, vec!["IMPORTING".into(), from_id]).await;
+        setslot(from, vec!["MIGRATING".into(), to_id.clone()]).await;
+        setslot(to, vec!["NODE".into(), to_id.clone()]).await;
+        setslot(from, vec!["NODE".into(), to_id.clone()]).await;
+        let primaries: Vec<u16> = self.shards().await.iter().map(|(p, _)| *p).collect();
+        for port in self.running_ports() {
+            if port != to && port != from && (primaries.is_empty() || primaries.contains(&port)) {
+                setslot(port, vec!["NODE".into(), to_id.clone()]).await;
+            }
+        }
+        let deadline = Instant::now() + WAIT;
+        for port in self.running_ports() {
+            while self.owner_seen_by(port, slot).await != Some(to) {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {port} does not see slot {slot} on {to}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// How many sharded channels matching `pattern` the node on `port` has subscribers for.
+    pub async fn shard_channels(&self, port: u16, pattern: &str) -> usize {
+        let channels: Vec<String> = query(
+            &self.certificates,
+            port,
+            redis::cmd("PUBSUB").arg("SHARDCHANNELS").arg(pattern),
+        )
+        .await
+        .expect("PUBSUB SHARDCHANNELS over TLS");
+        channels.len()
+    }
+
+    /// Until every replica's link to its primary is up (a manual failover waits for it).
+    async fn wait_until_replicas_synced(&self) {
+        let deadline = Instant::now() + WAIT;
+        for (_, replica) in self.shards().await {
+            loop {
+                let info: String = query(
+                    &self.certificates,
+                    replica,
+                    redis::cmd("INFO").arg("replication"),
+                )
+                .await
+                .unwrap_or_default();
+                if info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the TLS replica on port {replica} did not sync:\n{info}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    fn index_of(&self, port: u16) -> usize {
+        self.ports
+            .iter()
+            .position(|p| *p == port)
+            .unwrap_or_else(|| panic!("no TLS node on port {port}"))
+    }
+
+    fn running_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .zip(&self.processes)
+            .filter(|(_, process)| process.is_some())
+            .map(|(port, _)| *port)
+            .collect()
     }
 
     /// Until every node says `cluster_state:ok` and knows every other node.

@@ -124,7 +124,7 @@ pub(super) fn explain(error: &str) -> String {
         )
     } else if error.contains("not valid for name") || error.contains("NotValidForName") {
         format!(
-            "{error} (TLS: the server's certificate does not name the host it was reached at; on a cluster, that is the address each node announces in CLUSTER SLOTS: put it in the certificates' subject alternative names)"
+            "{error} (TLS: the server's certificate does not name the host it was reached at; on a cluster, that is the address each node announces in CLUSTER SLOTS: put it in the certificates' subject alternative names, or make the nodes announce a name the certificates carry with cluster-announce-hostname and cluster-preferred-endpoint-type hostname)"
         )
     } else {
         error.to_owned()

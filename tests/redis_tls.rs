@@ -223,6 +223,26 @@ fn on_cluster(cluster: &TlsCluster, namespace: &str) -> RedisClusterBroker {
         .connect_timeout(Duration::from_secs(3))
 }
 
+/// The text of the broker error a worker on `broker` fails to start with; `what` names the
+/// worker in the panic if it starts.
+async fn start_error(broker: impl Broker, what: &str) -> String {
+    let started = app(broker)
+        .subscriber(
+            Subscriber::channels(["orders"])
+                .name("a")
+                .handle(|| async {}),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await;
+    match started {
+        Err(Error::Broker(error)) => error.to_string(),
+        Err(other) => panic!("expected a broker error, got {other}"),
+        Ok(_) => panic!("{what} started"),
+    }
+}
+
 /// What a TLS error must say: that it is about the certificate, and what to do.
 fn assert_explains_the_certificate(error: &str) {
     eprintln!("the error: {error}");
@@ -329,21 +349,12 @@ async fn one_redis_refuses_a_worker_that_trusts_another_ca_and_says_why() {
     assert!(matches!(error, BrokerError::Unreachable(_)), "{error}");
     assert_explains_the_certificate(&error.to_string());
 
-    let started = app(broker())
-        .subscriber(
-            Subscriber::channels(["orders"])
-                .name("a")
-                .handle(|| async {}),
-        )
-        .build()
-        .unwrap()
-        .start()
-        .await;
-    match started {
-        Err(Error::Broker(error)) => assert_explains_the_certificate(&error.to_string()),
-        Err(other) => panic!("expected a broker error, got {other}"),
-        Ok(_) => panic!("a worker that does not trust the server's certificate started"),
-    }
+    let error = start_error(
+        broker(),
+        "a worker that does not trust the server's certificate",
+    )
+    .await;
+    assert_explains_the_certificate(&error);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,21 +488,11 @@ async fn a_tls_cluster_whose_certificates_do_not_name_the_announced_addresses_sa
     else {
         return;
     };
-    let started = app(on_cluster(&cluster, "tls-names").connect_timeout(Duration::from_secs(1)))
-        .subscriber(
-            Subscriber::channels(["orders"])
-                .name("a")
-                .handle(|| async {}),
-        )
-        .build()
-        .unwrap()
-        .start()
-        .await;
-    let error = match started {
-        Err(Error::Broker(error)) => error.to_string(),
-        Err(other) => panic!("expected a broker error, got {other}"),
-        Ok(_) => panic!("a certificate that does not name 127.0.0.1 was accepted for it"),
-    };
+    let error = start_error(
+        on_cluster(&cluster, "tls-names").connect_timeout(Duration::from_secs(1)),
+        "a worker whose certificates do not name 127.0.0.1",
+    )
+    .await;
     eprintln!("the error: {error}");
     assert!(
         error.contains("127.0.0.1") && error.contains("subject alternative names"),
@@ -561,21 +562,12 @@ async fn a_tls_cluster_refuses_a_worker_that_trusts_another_ca_and_says_why() {
             .publish_timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(2))
     };
-    let started = app(broker())
-        .subscriber(
-            Subscriber::channels(["orders"])
-                .name("a")
-                .handle(|| async {}),
-        )
-        .build()
-        .unwrap()
-        .start()
-        .await;
-    match started {
-        Err(Error::Broker(error)) => assert_explains_the_certificate(&error.to_string()),
-        Err(other) => panic!("expected a broker error, got {other}"),
-        Ok(_) => panic!("a worker that does not trust the nodes' certificates started"),
-    }
+    let error = start_error(
+        broker(),
+        "a worker that does not trust the nodes' certificates",
+    )
+    .await;
+    assert_explains_the_certificate(&error);
     let error = broker()
         .publish("orders", "{}".into())
         .await

@@ -223,6 +223,47 @@ fn on_cluster(cluster: &TlsCluster, namespace: &str) -> RedisClusterBroker {
         .connect_timeout(Duration::from_secs(3))
 }
 
+/// A worker recording 64 channels (every one of 16 partitions), and a sender.
+struct Watched {
+    channels: Vec<String>,
+    worker: Running,
+    sender: Running,
+    seen: mpsc::UnboundedReceiver<(String, Value)>,
+}
+
+impl Watched {
+    async fn start<B: Broker>(broker: impl Fn() -> B) -> Self {
+        let channels: Vec<String> = (0..64).map(|i| format!("orders:{i}")).collect();
+        let (tx, seen) = mpsc::unbounded_channel();
+        let worker = start(recording(app(broker()), channels.clone(), &tx)).await;
+        let sender = start(app(broker())).await;
+        Self {
+            channels,
+            worker,
+            sender,
+            seen,
+        }
+    }
+
+    /// See [`every_channel_is_delivered`].
+    async fn every_channel_is_delivered(&mut self, after: &str) {
+        let publisher = self.sender.publisher();
+        every_channel_is_delivered(&publisher, &self.channels, &mut self.seen, after).await;
+    }
+
+    async fn shutdown(self) {
+        self.worker.shutdown().await;
+        self.sender.shutdown().await;
+    }
+}
+
+/// A cluster broker that notices a lost node and retries quickly.
+fn recovering(cluster: &TlsCluster, namespace: &str) -> RedisClusterBroker {
+    on_cluster(cluster, namespace)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .ping_interval(Duration::from_millis(500))
+}
+
 /// The text of the broker error a worker on `broker` fails to start with; `what` names the
 /// worker in the panic if it starts.
 async fn start_error(broker: impl Broker, what: &str) -> String {
@@ -402,29 +443,18 @@ async fn a_tls_cluster_node_restarted_has_its_partitions_subscribed_again() {
     let Some(mut cluster) = TlsCluster::start(3).await else {
         return;
     };
-    let broker = || {
-        on_cluster(&cluster, "tls-restart")
-            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
-            .ping_interval(Duration::from_millis(500))
-    };
-    let channels: Vec<String> = (0..64).map(|i| format!("orders:{i}")).collect();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = start(recording(app(broker()), channels.clone(), &tx)).await;
-    let sender = start(app(broker())).await;
-    let publisher = sender.publisher();
-
+    let mut watched = Watched::start(|| recovering(&cluster, "tls-restart")).await;
     cluster.restart(0, Duration::from_millis(300)).await;
-    every_channel_is_delivered(&publisher, &channels, &mut rx, "after the restart").await;
+    watched
+        .every_channel_is_delivered("after the restart")
+        .await;
     assert!(
-        worker.stats().reconnects >= 1,
+        watched.worker.stats().reconnects >= 1,
         "the lost connection was counted"
     );
-    worker.shutdown().await;
-    sender.shutdown().await;
+    watched.shutdown().await;
 }
 
-/// Seeds reached as `localhost`, whose certificates name only `localhost`: the slot map is read,
-/// but the nodes announce `127.0.0.1`, which their certificates do not name. The error says so.
 /// A slot migration and failovers over TLS: a partition's slot moved to another primary, a
 /// replica promoted by `CLUSTER FAILOVER`, then another primary SIGKILLed and its replica
 /// elected. The worker subscribes the partitions again on their new owners, over TLS
@@ -436,50 +466,51 @@ async fn a_tls_cluster_migrates_a_slot_and_fails_over_and_every_channel_is_deliv
     let Some(mut cluster) = TlsCluster::start_with_replicas(3, 1).await else {
         return;
     };
-    let broker = || {
-        on_cluster(&cluster, "tls-failover")
-            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
-            .ping_interval(Duration::from_millis(500))
-    };
-    let channels: Vec<String> = (0..64).map(|i| format!("orders:{i}")).collect();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = start(recording(app(broker()), channels.clone(), &tx)).await;
-    let sender = start(app(broker())).await;
-    let publisher = sender.publisher();
-    every_channel_is_delivered(&publisher, &channels, &mut rx, "at the start").await;
+    let mut watched = Watched::start(|| recovering(&cluster, "tls-failover")).await;
+    watched.every_channel_is_delivered("at the start").await;
 
     let shards = cluster.shards().await;
     assert_eq!(shards.len(), 3, "three primaries, each with a replica");
 
     // A slot migration: the slot of `orders:0`'s partition moves to another primary, whose
     // node then carries the partition (and the old owner no longer does).
-    let partition = broker().partition_channel("orders:0").to_owned();
+    let partition = recovering(&cluster, "tls-failover")
+        .partition_channel("orders:0")
+        .to_owned();
     let slot = cluster.slot_of(&partition).await;
     let from = cluster.owner_of_slot(slot).await;
     let to = shards.iter().map(|(p, _)| *p).find(|p| *p != from).unwrap();
     cluster.migrate_slot(slot, to).await;
-    every_channel_is_delivered(&publisher, &channels, &mut rx, "after the slot migration").await;
+    watched
+        .every_channel_is_delivered("after the slot migration")
+        .await;
     assert_eq!(cluster.shard_channels(to, &partition).await, 1);
     assert_eq!(cluster.shard_channels(from, &partition).await, 0);
+
     let (_, promoted) = shards[0];
     cluster.failover(promoted).await;
-    every_channel_is_delivered(&publisher, &channels, &mut rx, "after CLUSTER FAILOVER").await;
+    watched
+        .every_channel_is_delivered("after CLUSTER FAILOVER")
+        .await;
 
     let (killed, elected) = shards[1];
     cluster.kill(killed);
     cluster.wait_for_primary(elected).await;
-    every_channel_is_delivered(&publisher, &channels, &mut rx, "after the SIGKILL").await;
+    watched
+        .every_channel_is_delivered("after the SIGKILL")
+        .await;
     // Redis's `sunsubscribe` on the migrated slot and on the demoted primary, and the killed
     // one's closed connection: each a recovery of the same worker.
+    let reconnects = watched.worker.stats().reconnects;
     assert!(
-        worker.stats().reconnects >= 3,
-        "the migration and both failovers were recoveries: {}",
-        worker.stats().reconnects
+        reconnects >= 3,
+        "the migration and both failovers were recoveries: {reconnects}"
     );
-    worker.shutdown().await;
-    sender.shutdown().await;
+    watched.shutdown().await;
 }
 
+/// Seeds reached as `localhost`, whose certificates name only `localhost`: the slot map is read,
+/// but the nodes announce `127.0.0.1`, which their certificates do not name. The error says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_whose_certificates_do_not_name_the_announced_addresses_says_so() {
     init_tracing();
@@ -528,24 +559,11 @@ async fn a_tls_cluster_announcing_host_names_is_reached_by_name_and_delivers() {
         format!("{slots:?}").contains("localhost"),
         "the nodes announce their host name: {slots:?}"
     );
-    let channels: Vec<String> = (0..64).map(|i| format!("orders:{i}")).collect();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = start(recording(
-        app(on_cluster(&cluster, "tls-hostnames")),
-        channels.clone(),
-        &tx,
-    ))
-    .await;
-    let sender = start(app(on_cluster(&cluster, "tls-hostnames"))).await;
-    every_channel_is_delivered(
-        &sender.publisher(),
-        &channels,
-        &mut rx,
-        "announcing host names",
-    )
-    .await;
-    worker.shutdown().await;
-    sender.shutdown().await;
+    let mut watched = Watched::start(|| on_cluster(&cluster, "tls-hostnames")).await;
+    watched
+        .every_channel_is_delivered("announcing host names")
+        .await;
+    watched.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -400,7 +400,9 @@ impl TlsCluster {
         );
         cluster.wait_until_ok().await;
         if replicas > 0 {
-            cluster.wait_until_replicas_synced().await;
+            cluster
+                .wait_until_replicas_synced(primaries * replicas)
+                .await;
         }
         Some(cluster)
     }
@@ -605,10 +607,24 @@ impl TlsCluster {
         channels.len()
     }
 
-    /// Until every replica's link to its primary is up (a manual failover waits for it).
-    async fn wait_until_replicas_synced(&self) {
+    /// Until the first node knows `count` replicas (`redis-cli` makes them replicas after the
+    /// cluster says ok, and the news travels by gossip) and every replica's link to its primary
+    /// is up (a manual failover waits for it).
+    async fn wait_until_replicas_synced(&self, count: usize) {
         let deadline = Instant::now() + WAIT;
-        for (_, replica) in self.shards().await {
+        let shards = loop {
+            let shards = self.shards().await;
+            if shards.len() == count {
+                break shards;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the TLS cluster knows {} of {count} replicas",
+                shards.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for (_, replica) in shards {
             loop {
                 let info: String = query(
                     &self.certificates,
